@@ -1,0 +1,78 @@
+"""Settings read once from the environment; frozen so nothing mutates them mid-run."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+DEFAULT_MAX_FILE_MB = 50
+
+
+class ConfigError(ValueError):
+    """A setting has a value the pipeline cannot use; the message names the variable."""
+
+
+def _env_number(name: str, default: float, cast=float):
+    raw = os.environ.get(name)
+    if raw is None or raw.strip() == "":
+        return cast(default)
+    try:
+        value = cast(raw)
+    except ValueError:
+        raise ConfigError(f"{name}={raw!r} is not a number") from None
+    if value <= 0:
+        raise ConfigError(f"{name}={raw!r} must be positive")
+    return value
+
+
+@dataclass(frozen=True)
+class Settings:
+    home: Path
+    database_url: str
+    backbone: str = "minilm"
+    max_file_bytes: int = DEFAULT_MAX_FILE_MB * 1024 * 1024
+    parse_timeout_s: float = 60.0
+    parse_memory_mb: int = 1024
+    chunk_tokens: int = 200
+    chunk_overlap: int = 40
+    batch_size: int = 32
+    extra: dict = field(default_factory=dict, compare=False)
+
+    @classmethod
+    def from_env(cls) -> "Settings":
+        home = Path(os.environ.get("KB_HOME") or ".kb").expanduser().resolve()
+        url = os.environ.get("KB_DATABASE_URL") or f"sqlite:///{home / 'kb.sqlite3'}"
+        return cls(
+            home=home,
+            database_url=url,
+            backbone=os.environ.get("KB_BACKBONE") or "minilm",
+            max_file_bytes=int(_env_number("KB_MAX_FILE_MB", DEFAULT_MAX_FILE_MB) * 1024 * 1024),
+            parse_timeout_s=_env_number("KB_PARSE_TIMEOUT_S", 60.0),
+            parse_memory_mb=_env_number("KB_PARSE_MEMORY_MB", 1024, int),
+            chunk_tokens=_env_number("KB_CHUNK_TOKENS", 200, int),
+            chunk_overlap=int(os.environ.get("KB_CHUNK_OVERLAP") or 40),
+        )
+
+    def with_(self, **changes) -> "Settings":
+        return replace(self, **changes)
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.database_url.startswith("sqlite")
+
+    @property
+    def models_dir(self) -> Path:
+        return self.home / "models"
+
+    @property
+    def adapters_dir(self) -> Path:
+        return self.home / "adapters"
+
+    @property
+    def index_dir(self) -> Path:
+        return self.home / "index"
+
+    @property
+    def prefect_home(self) -> Path:
+        return self.home / "prefect"

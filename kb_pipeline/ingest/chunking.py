@@ -1,0 +1,266 @@
+"""Split document text into token-bounded chunks, cutting at the most natural boundary available.
+
+The text is tokenised once (fast tokenizer, char offsets) and all planning happens in token space:
+structural boundaries found by regex in char space (headings, blank lines, line breaks, sentence ends)
+are mapped onto token indices, so a chunk can be sized exactly and never cuts through a token.
+Each planned chunk is then re-tokenised on its own (in batches) because a slice can tokenise a token
+or two differently from the same span inside the whole text; a chunk that comes out too long is
+re-planned with a smaller budget.
+"""
+
+from __future__ import annotations
+
+import re
+from bisect import bisect_left, bisect_right
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from itertools import accumulate, islice
+from typing import Any
+
+__all__ = ["ChunkSpan", "chunk_text"]
+
+_HEADING = re.compile(r"#{1,6}[ \t]")  # matched at a line's first non-blank character
+_LINE_BREAK = re.compile(r"\n\s*")  # a newline plus following blank space; ends where the next line's text starts
+_SENTENCE_END = re.compile(r"[.!?]+[\"'”’)\]]*[ \t]+(?=\S)")
+_INITIALS = re.compile(r"[^\W\d_](?:\.[^\W\d_])*")  # "e", "e.g", "U.S": a period after these rarely ends a sentence
+_ABBREVIATIONS = frozenset(
+    {"mr", "mrs", "ms", "dr", "prof", "sr", "jr", "st", "vs", "cf", "al", "approx", "fig", "dept", "inc", "ltd", "co"}
+)
+_NON_SPACE = re.compile(r"\S")
+_VERIFY_BATCH = 64  # chunks re-tokenised per tokenizer call: amortises call overhead, bounds re-work on a miss
+
+
+@dataclass(frozen=True)
+class ChunkSpan:
+    ordinal: int  # 0..n-1
+    text: str  # == source_text[char_start:char_end]
+    char_start: int
+    char_end: int
+    token_count: int  # tokens of `text` without special tokens, <= max_tokens
+
+
+def chunk_text(text: str, tokenizer: Any, *, max_tokens: int = 200, overlap_tokens: int = 40) -> list[ChunkSpan]:
+    """Chunks of at most `max_tokens` tokens covering every non-blank character of `text`.
+
+    Cuts go, in order of preference, before a heading, at a blank line, at a line break, at a sentence
+    end, between words, and only inside an unbroken run between tokens. Consecutive chunks share about
+    `overlap_tokens` tokens (starting at a sentence/line/word start), except across a heading cut.
+    """
+    if max_tokens < 16:
+        raise ValueError(f"max_tokens must be >= 16, got {max_tokens}")
+    if not 0 <= overlap_tokens < max_tokens // 2:
+        raise ValueError(f"overlap_tokens must be >= 0 and < max_tokens // 2 ({max_tokens // 2}), got {overlap_tokens}")
+    if not text.strip():
+        return []
+
+    layout = _Layout(text, tokenizer, max_tokens, overlap_tokens)
+    budgets: dict[int, int] = {}  # chunk start token -> reduced token budget after a re-tokenisation miss
+    chunks: list[ChunkSpan] = []
+    state = (0, 0)  # (first token of next chunk, first token not yet in any chunk)
+    finished = False
+    while not finished:
+        plans = list(islice(layout.plan(*state, budgets), _VERIFY_BATCH))
+        pieces = [layout.trimmed(start, end) for start, end, _, _ in plans]
+        counts = _count_tokens(tokenizer, [text[s:e] for s, e in pieces if e > s])
+        count_iter = iter(counts)
+        for (start, end, fresh, next_start), (char_start, char_end) in zip(plans, pieces):
+            count = next(count_iter) if char_end > char_start else 0
+            if count > max_tokens:
+                budget = min(budgets.get(start, max_tokens), end - start)
+                if budget <= 1:
+                    raise RuntimeError(f"a single token re-tokenises to {count} tokens; cannot fit {max_tokens}")
+                budgets[start] = max(1, budget - (count - max_tokens))
+                state = (start, fresh)
+                break
+            # Skip chunks with no text, or whose text lies inside the previous chunk (whitespace-only tail).
+            if char_end > char_start and (not chunks or char_end > chunks[-1].char_end):
+                chunks.append(ChunkSpan(len(chunks), text[char_start:char_end], char_start, char_end, count))
+            state = (next_start, end)
+            finished = end >= layout.n_tokens
+    return chunks
+
+
+def _count_tokens(tokenizer: Any, texts: list[str]) -> list[int]:
+    if not texts:
+        return []
+    encoded = tokenizer(
+        texts, add_special_tokens=False, return_attention_mask=False, return_token_type_ids=False, verbose=False
+    )
+    return [len(ids) for ids in encoded["input_ids"]]
+
+
+class _Layout:
+    """The tokenised text plus its ranked cut points, all as token indices (a cut at i ends a chunk before token i)."""
+
+    def __init__(self, text: str, tokenizer: Any, max_tokens: int, overlap_tokens: int) -> None:
+        self.text = text
+        self.max_tokens = max_tokens
+        self.overlap_tokens = overlap_tokens
+        offsets = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True, verbose=False)[
+            "offset_mapping"
+        ]
+        self.n_tokens = len(offsets)
+        self.starts = [s for s, _ in offsets]
+        # Running max of token ends: monotone even if a tokenizer reports overlapping pieces (byte fallback).
+        self.reach = list(accumulate((e for _, e in offsets), max))
+
+        paragraphs, lines, heading_chars = _line_structure(text)
+        heading_zones = _heading_zones(heading_chars, sorted(paragraphs + lines), len(text))
+        # A cut strictly after a heading's start and up to its first following line would leave the
+        # heading as a chunk's last line; those cuts are only a last resort.
+        self.zones = [(self.token_at(h), self.token_at(q)) for h, q in heading_zones]
+        self.zone_starts = [h for h, _ in self.zones]
+        self.headings = self._cuts(heading_chars)
+        self.levels = (self._cuts(paragraphs), self._cuts(lines), self._cuts(_sentence_starts(text)))
+
+    def token_at(self, char: int) -> int:
+        """The first token ending after `char`: a cut there starts the next chunk at or just before `char`."""
+        return bisect_right(self.reach, char)
+
+    def cuttable(self, i: int) -> bool:
+        return 0 < i < self.n_tokens and self.starts[i] >= self.reach[i - 1]
+
+    def forbidden(self, i: int) -> bool:
+        k = bisect_left(self.zone_starts, i) - 1
+        return k >= 0 and i <= self.zones[k][1]
+
+    def _cuts(self, chars: Iterable[int]) -> list[int]:
+        tokens = dict.fromkeys(self.token_at(c) for c in chars)
+        return [i for i in tokens if self.cuttable(i) and not self.forbidden(i)]
+
+    def trimmed(self, start: int, end: int) -> tuple[int, int]:
+        """Char span of tokens [start, end), with surrounding whitespace removed."""
+        lo = self.starts[start] if 0 < start < self.n_tokens else (0 if start == 0 else len(self.text))
+        hi = self.starts[end] if end < self.n_tokens else len(self.text)
+        segment = self.text[lo:hi]
+        stripped = segment.strip()
+        if not stripped:
+            return lo, lo
+        left = lo + len(segment) - len(segment.lstrip())
+        return left, left + len(stripped)
+
+    def plan(self, start: int, fresh: int, budgets: dict[int, int]) -> Iterator[tuple[int, int, int, int]]:
+        """Yield (start, end, fresh, next_start) per chunk; tokens [start, fresh) repeat the previous chunk."""
+        while True:
+            budget = budgets.get(start, self.max_tokens)
+            if start + budget <= fresh:  # the overlap alone no longer fits: drop it
+                start = fresh
+                budget = min(budget, budgets.get(start, self.max_tokens))
+            end, clean = self._cut(start, fresh, max(start + budget, fresh + 1))
+            next_start = end if clean else self._overlap_start(start, end)
+            yield start, end, fresh, next_start
+            if end >= self.n_tokens:
+                return
+            start, fresh = next_start, end
+
+    def _cut(self, start: int, fresh: int, limit: int) -> tuple[int, bool]:
+        """Where the chunk beginning at `start` ends, and whether the next one starts there without overlap."""
+        # A heading ends the chunk once a quarter's worth of new text precedes it, even if the rest would fit.
+        k = bisect_left(self.headings, fresh + max(1, self.max_tokens // 4))
+        if k < len(self.headings) and self.headings[k] <= limit:
+            return self.headings[k], True
+        if limit >= self.n_tokens:
+            return self.n_tokens, True
+        half = max(fresh + 1, start + (limit - start) // 2)
+        for lo in (half, fresh + 1):  # prefer a chunk at least half full, then anything but a token split
+            for cuts in self.levels:
+                k = bisect_right(cuts, limit) - 1
+                if k >= 0 and cuts[k] >= lo:
+                    return cuts[k], False
+            word = self._scan(lo, limit, words_only=True)
+            if word is not None:
+                return word, False
+        token = self._scan(fresh + 1, limit, words_only=False)
+        if token is not None:
+            return token, False
+        # Only heading lines (and their zones) in reach: cutting before a heading beats cutting inside one.
+        k = bisect_right(self.zone_starts, limit) - 1
+        if k >= 0 and self.zone_starts[k] > fresh and self.cuttable(self.zone_starts[k]):
+            return self.zone_starts[k], False
+        return next((i for i in range(limit, fresh, -1) if self.cuttable(i)), limit), False
+
+    def _scan(self, lo: int, hi: int, *, words_only: bool) -> int | None:
+        """Latest allowed cut in [lo, hi] that starts a word (or any token boundary when not `words_only`)."""
+        for i in range(hi, lo - 1, -1):
+            if self.cuttable(i) and not self.forbidden(i) and (not words_only or self._word_start(i)):
+                return i
+        return None
+
+    def _word_start(self, i: int) -> bool:
+        s = self.starts[i]
+        if s > self.reach[i - 1] or s == 0 or s >= len(self.text):
+            return True
+        return self.text[s - 1].isspace() or self.text[s].isspace()
+
+    def _overlap_start(self, start: int, end: int) -> int:
+        """Start of the next chunk: about `overlap_tokens` before `end`, snapped forward to a line/sentence/word start."""
+        lo = max(end - self.overlap_tokens, start + 1)
+        if self.overlap_tokens == 0 or lo >= end:
+            return end
+        k = bisect_left(self.headings, end) - 1
+        if k >= 0 and self.headings[k] >= lo:  # the current section's heading is in reach: start there
+            return self.headings[k]
+        firsts = [cuts[j] for cuts in self.levels if (j := bisect_left(cuts, lo)) < len(cuts) and cuts[j] < end]
+        cut = min(firsts) if firsts else self._first(lo, end, words_only=True)
+        if cut is None:
+            cut = self._first(lo, end, words_only=False)
+        if cut is None:
+            return end
+        if self.forbidden(cut):  # just after a heading line: take the heading along
+            heading = self.zones[bisect_left(self.zone_starts, cut) - 1][0]
+            cut = heading if heading > start else cut
+        # A start that only adds leading whitespace tokens would not move the chunk's text start forward.
+        previous = _NON_SPACE.search(self.text, self.starts[start] if start else 0)
+        current = _NON_SPACE.search(self.text, self.starts[cut])
+        if previous is None or current is None or current.start() <= previous.start():
+            return end
+        return cut
+
+    def _first(self, lo: int, hi: int, *, words_only: bool) -> int | None:
+        for i in range(lo, hi):
+            if self.cuttable(i) and (not words_only or self._word_start(i)):
+                return i
+        return None
+
+
+def _line_structure(text: str) -> tuple[list[int], list[int], list[int]]:
+    """Char positions where a paragraph (after a blank line), a plain line, and a heading line begin."""
+    paragraphs: list[int] = []
+    lines: list[int] = []
+    first = _NON_SPACE.search(text)
+    headings = [first.start()] if first and _HEADING.match(text, first.start()) else []
+    for match in _LINE_BREAK.finditer(text):
+        pos = match.end()
+        if pos == len(text):
+            break
+        (paragraphs if match.group().count("\n") > 1 else lines).append(pos)
+        if _HEADING.match(text, pos):
+            headings.append(pos)
+    return paragraphs, lines, headings
+
+
+def _heading_zones(headings: list[int], line_starts: list[int], text_end: int) -> list[tuple[int, int]]:
+    """(heading start, start of the next line) for each heading line."""
+    zones = []
+    for h in headings:
+        k = bisect_right(line_starts, h)
+        zones.append((h, line_starts[k] if k < len(line_starts) else text_end))
+    return zones
+
+
+def _sentence_starts(text: str) -> Iterator[int]:
+    """Char positions where a sentence starts after '.', '!' or '?' and a space on the same line.
+
+    Skips likely abbreviations ("e.g.", "Dr.", initials) and ends followed by a lowercase letter;
+    decimals like 3.5 never match because a space must follow the terminator.
+    """
+    for match in _SENTENCE_END.finditer(text):
+        pos = match.end()
+        if text[pos].islower():
+            continue
+        if text[match.start()] == ".":
+            before = text[max(0, match.start() - 12) : match.start()].split()
+            word = before[-1].lstrip("([{\"'“‘") if before and not text[match.start() - 1].isspace() else ""
+            if word and (_INITIALS.fullmatch(word) or word.lower() in _ABBREVIATIONS):
+                continue
+        yield pos

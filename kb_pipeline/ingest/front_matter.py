@@ -1,0 +1,140 @@
+"""Markdown front matter: the YAML block authors use to label a document.
+
+Labels (title, category, tags, summary, acl) drive tagging and access control, so a wrong type is
+an error the author must fix, not something to guess around.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import yaml
+
+LABEL_FIELDS = ("title", "category", "tags", "summary", "acl")
+
+_OPENING = re.compile(r"\A\ufeff?---[ \t]*\r?\n")
+_CLOSING = re.compile(r"^---[ \t]*\r?$", re.MULTILINE)
+# Aliases let a few lines of YAML describe an exponentially large value; copying it must stop early.
+_MAX_NODES = 10_000
+
+
+class FrontMatterError(ValueError):
+    """Front matter that is not valid YAML, not a mapping, or has a label of the wrong type."""
+
+
+@dataclass(frozen=True)
+class Labels:
+    title: str | None = None
+    category: str | None = None
+    tags: tuple[str, ...] = ()
+    summary: str | None = None
+    acl: tuple[str, ...] = ()
+    extra: dict = field(default_factory=dict)
+
+
+def split_front_matter(text: str) -> tuple[dict, str]:
+    """Split a leading '---' ... '---' YAML block from the body.
+
+    Dates and other non-JSON values become strings so the mapping can be stored as JSON.
+    """
+    opening = _OPENING.match(text)
+    if opening is None:
+        return {}, text
+    closing = _CLOSING.search(text, opening.end())
+    if closing is None:
+        raise FrontMatterError("front matter opened with '---' on line 1 is never closed by a '---' line")
+    source = text[opening.end() : closing.start()]
+    body = text[closing.end() :]
+    body = body[2:] if body.startswith("\r\n") else body[1:] if body.startswith("\n") else body
+    try:
+        loaded = yaml.safe_load(source)
+    except yaml.YAMLError as exc:
+        raise FrontMatterError(_describe_yaml_error(exc)) from None
+    except RecursionError:
+        raise FrontMatterError("front matter is nested too deeply") from None
+    if loaded is None:
+        return {}, body
+    if not isinstance(loaded, dict):
+        raise FrontMatterError(f"front matter must be a mapping of keys to values, got {_type_name(loaded)}")
+    return _json_safe(loaded, [_MAX_NODES]), body
+
+
+def labels_from_metadata(meta: Mapping[str, Any]) -> Labels:
+    """Validate and normalise the label fields; every other key is kept in `extra`."""
+    if not isinstance(meta, Mapping):
+        raise FrontMatterError(f"front matter must be a mapping of keys to values, got {_type_name(meta)}")
+    category = _text_field(meta, "category")
+    return Labels(
+        title=_text_field(meta, "title"),
+        category=category.lower() if category else None,
+        tags=_identifier_list(meta, "tags"),
+        summary=_text_field(meta, "summary"),
+        acl=_identifier_list(meta, "acl"),
+        extra={key: value for key, value in meta.items() if key not in LABEL_FIELDS},
+    )
+
+
+def _text_field(meta: Mapping[str, Any], name: str) -> str | None:
+    value = meta.get(name)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+        raise FrontMatterError(f"front matter field {name!r} must be a string, got {_type_name(value)}")
+    text = " ".join(str(value).split())
+    return text or None
+
+
+def _identifier_list(meta: Mapping[str, Any], name: str) -> tuple[str, ...]:
+    """Tags and ACL entries are identifiers: stripped, lower-cased, deduplicated in order."""
+    value = meta.get(name)
+    if value is None:
+        return ()
+    if isinstance(value, str):
+        items = value.split(",")
+    elif isinstance(value, list):
+        items = []
+        for item in value:
+            if item is None:
+                continue
+            if isinstance(item, bool) or not isinstance(item, (str, int, float)):
+                raise FrontMatterError(
+                    f"front matter field {name!r} must be a list of strings, "
+                    f"got a list containing {_type_name(item)}"
+                )
+            items.append(str(item))
+    else:
+        raise FrontMatterError(f"front matter field {name!r} must be a list of strings, got {_type_name(value)}")
+    cleaned = (" ".join(item.split()).lower() for item in items)
+    return tuple(dict.fromkeys(item for item in cleaned if item))
+
+
+def _describe_yaml_error(exc: yaml.YAMLError) -> str:
+    problem = getattr(exc, "problem", None) or str(exc)
+    mark = getattr(exc, "problem_mark", None)
+    if mark is None:
+        return f"front matter is not valid YAML: {problem}"
+    # +1 for 0-based lines, +1 for the opening '---' line.
+    return f"front matter is not valid YAML at line {mark.line + 2}: {problem}"
+
+
+def _json_safe(value: Any, budget: list[int]) -> Any:
+    budget[0] -= 1
+    if budget[0] < 0:
+        raise FrontMatterError(f"front matter is too large (more than {_MAX_NODES} values)")
+    if isinstance(value, dict):
+        return {str(key): _json_safe(item, budget) for key, item in value.items()}
+    if isinstance(value, (list, tuple, set)):
+        return [_json_safe(item, budget) for item in value]
+    if isinstance(value, (dt.date, dt.datetime)):
+        return value.isoformat()
+    if value is None or isinstance(value, (str, int, float, bool)):
+        return value
+    return str(value)
+
+
+def _type_name(value: Any) -> str:
+    return type(value).__name__

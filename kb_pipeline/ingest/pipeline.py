@@ -1,0 +1,202 @@
+"""`kb ingest`: folders in, documents + chunks + gold labels out, incrementally and crash-safe.
+
+Each batch of documents is one transaction (a savepoint per document inside it), so a crash leaves
+whole documents or none; an interrupted run is simply repeated. Files that fail to parse are
+recorded in ingest_errors and never touch what is already stored for them.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from kb_pipeline.backbone.tokenizer import chunk_tokenizer
+from kb_pipeline.config import Settings
+from kb_pipeline.ingest.chunking import chunk_text
+from kb_pipeline.ingest.front_matter import labels_from_metadata
+from kb_pipeline.ingest.readers import ParsedDocument, ReadError, SandboxedReader
+from kb_pipeline.ingest.sources import FileEntry, file_sha256, in_scope, is_unchanged_fast, scan, source_root_and_scope
+from kb_pipeline.store import repo
+from kb_pipeline.store.db import session_factory
+
+COUNT_KEYS = ("added", "updated", "unchanged", "deleted", "skipped", "errors")
+
+ProgressFn = Callable[[int, int, str], None]  # (done, total, current path)
+
+
+class IngestPathError(ValueError):
+    """An ingest path does not exist; raised before anything is written."""
+
+
+@dataclass
+class IngestReport:
+    run_id: int
+    counts: Counter = field(default_factory=Counter)
+    errors: list[tuple[str, str, str]] = field(default_factory=list)  # (path, kind, message)
+    seconds: float = 0.0
+
+    def as_dict(self) -> dict:
+        return {**{k: self.counts.get(k, 0) for k in COUNT_KEYS}, "seconds": round(self.seconds, 3)}
+
+
+@dataclass
+class _Pending:
+    entry: FileEntry
+    known_id: int | None
+    was_active: bool  # False for a new file or one that comes back after deletion
+
+
+def ingest(settings: Settings, paths: list[Path], progress: ProgressFn | None = None) -> IngestReport:
+    started = time.perf_counter()
+    resolved = [_checked(Path(p)) for p in paths]
+    Session = session_factory(settings)
+    with Session.begin() as session:
+        report = IngestReport(run_id=repo.start_run(session, [str(p) for p in resolved]))
+
+    plans = []
+    for path in resolved:
+        root, scope = source_root_and_scope(path)
+        with Session.begin() as session:
+            source, scope = repo.resolve_source(session, root, scope)
+            known = repo.known_files(session, source.id, scope)
+        found = scan(Path(source.root), scope)
+        report.counts["skipped"] += len(found.skipped)
+        plans.append((source.id, scope, found, known))
+
+    total = sum(len(found.files) for _, _, found, _ in plans)
+    done = 0
+    tokenizer = None
+    processes = max(1, min(2, os.cpu_count() or 1))
+    with SandboxedReader(
+        max_bytes=settings.max_file_bytes,
+        timeout_s=settings.parse_timeout_s,
+        memory_mb=settings.parse_memory_mb,
+        processes=processes,
+    ) as reader:
+        for source_id, scope, found, known in plans:
+            pending: list[_Pending] = []
+            touched: list[tuple[int, int, float]] = []
+            for entry in found.files:
+                row = known.get(entry.uri)
+                if is_unchanged_fast(entry, row):
+                    report.counts["unchanged"] += 1
+                elif row is not None and row.status == "active" and _same_content(entry, row.sha256):
+                    touched.append((row.id, entry.size, entry.mtime))
+                    report.counts["unchanged"] += 1
+                else:
+                    pending.append(_Pending(entry, row.id if row else None, row is not None and row.status == "active"))
+                    continue
+                done += 1
+                if progress:
+                    progress(done, total, str(entry.path))
+            if touched:
+                with Session.begin() as session:
+                    for doc_id, size, mtime in touched:
+                        repo.touch_document(session, doc_id, size, mtime)
+
+            batch: list[tuple[_Pending, repo.NewDocument]] = []
+            by_path = {p.entry.path: p for p in pending}
+            for path, result in reader.read_many([p.entry.path for p in pending]):
+                item = by_path[path]
+                done += 1
+                if progress:
+                    progress(done, total, str(path))
+                if isinstance(result, ReadError):
+                    report.errors.append((str(path), result.kind, str(result)))
+                    continue
+                if tokenizer is None:
+                    tokenizer = chunk_tokenizer(settings.backbone, str(settings.models_dir))
+                batch.append((item, _new_document(item.entry, result, tokenizer, settings)))
+                if len(batch) >= settings.batch_size:
+                    _write_batch(Session, source_id, batch, report)
+                    batch = []
+            if batch:
+                _write_batch(Session, source_id, batch, report)
+
+            seen = {entry.uri for entry in found.files}
+            gone = [
+                row.id for uri, row in known.items()
+                if row.status == "active" and uri not in seen and in_scope(uri, scope)
+            ]
+            if gone:
+                with Session.begin() as session:
+                    report.counts["deleted"] += repo.mark_deleted(session, gone)
+
+    report.counts["errors"] = len(report.errors)
+    report.seconds = time.perf_counter() - started
+    with Session.begin() as session:
+        repo.record_errors(session, report.run_id, report.errors)
+        repo.finish_run(
+            session, report.run_id, {k: report.counts.get(k, 0) for k in COUNT_KEYS}, report.seconds
+        )
+    return report
+
+
+def _checked(path: Path) -> Path:
+    if not path.exists():
+        raise IngestPathError(f"{path}: no such file or folder")
+    return path.resolve()
+
+
+def _same_content(entry: FileEntry, stored_sha: str) -> bool:
+    try:
+        return file_sha256(entry.path) == stored_sha
+    except OSError:
+        return False  # let the reader report it
+
+
+def _new_document(entry: FileEntry, parsed: ParsedDocument, tokenizer, settings: Settings) -> repo.NewDocument:
+    labels = labels_from_metadata(parsed.metadata)
+    spans = chunk_text(
+        parsed.text, tokenizer, max_tokens=settings.chunk_tokens, overlap_tokens=settings.chunk_overlap
+    )
+    return repo.NewDocument(
+        uri=entry.uri,
+        path=str(entry.path),
+        title=parsed.title,
+        mime=parsed.mime,
+        size=parsed.size,
+        mtime=entry.mtime,
+        sha256=parsed.sha256,
+        text=parsed.text,
+        metadata=parsed.metadata,
+        category=labels.category,
+        tags=labels.tags,
+        summary=labels.summary,
+        acl=labels.acl,
+        chunks=[
+            dict(ordinal=s.ordinal, text=s.text, char_start=s.char_start, char_end=s.char_end, token_count=s.token_count)
+            for s in spans
+        ],
+    )
+
+
+def _write_batch(Session, source_id: int, batch: list[tuple[_Pending, repo.NewDocument]], report: IngestReport) -> None:
+    """One transaction per batch; a document another process inserted meanwhile becomes an update."""
+    with Session.begin() as session:
+        for item, doc in batch:
+            try:
+                repo.write_document(session, source_id, doc, item.known_id)
+                report.counts["updated" if item.was_active else "added"] += 1
+            except IntegrityError as exc:
+                _write_after_race(session, source_id, doc, report, exc)
+
+
+def _write_after_race(
+    session: Session, source_id: int, doc: repo.NewDocument, report: IngestReport, exc: IntegrityError
+) -> None:
+    row = repo.known_files(session, source_id, doc.uri).get(doc.uri)
+    if row is None:
+        raise exc
+    if row.sha256 == doc.sha256 and row.status == "active":
+        report.counts["unchanged"] += 1
+        return
+    repo.write_document(session, source_id, doc, row.id)
+    report.counts["updated"] += 1

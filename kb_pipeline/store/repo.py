@@ -1,0 +1,306 @@
+"""Data functions over a caller-owned Session: the caller decides where transactions begin and end."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, NamedTuple, Sequence
+
+from sqlalchemy import delete, func, insert, select, update
+from sqlalchemy.orm import Session
+
+from kb_pipeline.store.schema import (
+    Chunk,
+    Document,
+    DocumentAcl,
+    GoldLabel,
+    GoldTag,
+    IngestError,
+    IngestRun,
+    Source,
+    utcnow,
+)
+
+
+@dataclass(frozen=True)
+class NewDocument:
+    """Everything ingestion learnt about one file, ready to be written in one go."""
+
+    uri: str
+    path: str
+    title: str
+    mime: str
+    size: int
+    mtime: float
+    sha256: str
+    text: str
+    metadata: dict[str, Any]
+    category: str | None
+    tags: Sequence[str]
+    summary: str | None
+    acl: Sequence[str]
+    chunks: Sequence[dict[str, Any]]  # ordinal, text, char_start, char_end, token_count
+
+
+class StoredFile(NamedTuple):
+    """What the database remembers about a document, enough to skip unchanged files."""
+
+    id: int
+    size: int
+    mtime: float
+    sha256: str
+    status: str
+
+
+# --- sources -------------------------------------------------------------------------------------
+
+
+def resolve_source(session: Session, root: Path, scope: str) -> tuple[Source, str]:
+    """The source covering root/scope and the scope relative to it.
+
+    An existing source whose root is an ancestor of the ingest path is reused, so ingesting a
+    sub-folder never duplicates documents. A new source that is an ancestor of older ones absorbs
+    them (their documents are re-keyed under it) for the same reason.
+    """
+    target = root / scope if scope else root
+    sources = session.scalars(select(Source)).all()
+    covering = [s for s in sources if _is_within(target, Path(s.root))]
+    if covering:
+        best = max(covering, key=lambda s: len(s.root))
+        rel = target.relative_to(best.root).as_posix()
+        return best, "" if rel == "." else rel
+    source = Source(root=str(root))
+    session.add(source)
+    session.flush()
+    for child in sources:
+        if _is_within(Path(child.root), root):
+            prefix = Path(child.root).relative_to(root).as_posix()
+            session.execute(
+                update(Document)
+                .where(Document.source_id == child.id)
+                .values(source_id=source.id, uri=prefix + "/" + Document.uri)
+            )
+            session.delete(child)
+    session.flush()
+    return source, scope
+
+
+def _is_within(path: Path, root: Path) -> bool:
+    try:
+        path.relative_to(root)
+        return True
+    except ValueError:
+        return False
+
+
+def known_files(session: Session, source_id: int, scope: str) -> dict[str, StoredFile]:
+    """uri -> what is stored, for the documents of a source inside scope."""
+    query = select(
+        Document.uri, Document.id, Document.size, Document.mtime, Document.content_sha256, Document.status
+    ).where(Document.source_id == source_id)
+    if scope:
+        query = query.where((Document.uri == scope) | Document.uri.startswith(scope + "/", autoescape=True))
+    return {row[0]: StoredFile(*row[1:]) for row in session.execute(query)}
+
+
+# --- documents -----------------------------------------------------------------------------------
+
+
+def write_document(session: Session, source_id: int, doc: NewDocument, existing_id: int | None) -> int:
+    """Insert or replace one document with its chunks and labels; returns the document id.
+
+    Runs inside a savepoint so a failure leaves neither a half-written document nor a broken batch.
+    """
+    with session.begin_nested():
+        values = dict(
+            path=doc.path,
+            title=doc.title[:512],
+            mime=doc.mime,
+            size=doc.size,
+            mtime=doc.mtime,
+            content_sha256=doc.sha256,
+            status="active",
+            meta=_jsonable(doc.metadata),
+            text=doc.text,
+            updated_at=utcnow(),
+        )
+        if existing_id is None:
+            row = Document(source_id=source_id, uri=doc.uri, version=1, **values)
+            session.add(row)
+            session.flush()
+            doc_id = row.id
+        else:
+            doc_id = existing_id
+            session.execute(
+                update(Document).where(Document.id == doc_id).values(version=Document.version + 1, **values)
+            )
+            for table in (Chunk, GoldLabel, GoldTag, DocumentAcl):
+                session.execute(delete(table).where(table.document_id == doc_id))
+        if doc.chunks:
+            session.execute(insert(Chunk), [dict(chunk, document_id=doc_id) for chunk in doc.chunks])
+        if doc.category or doc.summary:
+            session.add(GoldLabel(document_id=doc_id, category=doc.category, summary=doc.summary))
+        session.add_all(GoldTag(document_id=doc_id, tag=tag) for tag in doc.tags)
+        session.add_all(DocumentAcl(document_id=doc_id, group_name=group) for group in doc.acl)
+        session.flush()
+    return doc_id
+
+
+def touch_document(session: Session, doc_id: int, size: int, mtime: float) -> None:
+    """Same content, new mtime (e.g. `touch`): remember it so the fast path works next time."""
+    session.execute(update(Document).where(Document.id == doc_id).values(size=size, mtime=mtime))
+
+
+def mark_deleted(session: Session, doc_ids: Iterable[int]) -> int:
+    """Tombstone documents whose files are gone: the row stays (history), derived rows go."""
+    ids = list(doc_ids)
+    for start in range(0, len(ids), 500):
+        batch = ids[start : start + 500]
+        session.execute(delete(Chunk).where(Chunk.document_id.in_(batch)))
+        session.execute(
+            update(Document).where(Document.id.in_(batch)).values(status="deleted", updated_at=utcnow())
+        )
+    return len(ids)
+
+
+def find_document(session: Session, ref: str) -> Document | None:
+    """A document by id, by absolute path or by path relative to its source."""
+    if ref.isdigit():
+        return session.get(Document, int(ref))
+    candidates = {ref, str(Path(ref).expanduser().resolve())}
+    query = select(Document).where(Document.path.in_(candidates) | (Document.uri == ref))
+    return session.scalars(query.order_by(Document.status, Document.id)).first()
+
+
+def document_summaries(session: Session) -> list[dict[str, Any]]:
+    """One row per active document for listings, in three queries whatever the count."""
+    chunk_counts = (
+        select(Chunk.document_id, func.count().label("n")).group_by(Chunk.document_id).subquery()
+    )
+    rows = session.execute(
+        select(Document, GoldLabel.category, func.coalesce(chunk_counts.c.n, 0))
+        .outerjoin(GoldLabel, GoldLabel.document_id == Document.id)
+        .outerjoin(chunk_counts, chunk_counts.c.document_id == Document.id)
+        .where(Document.status == "active")
+        .order_by(Document.path)
+    ).all()
+    tags: dict[int, list[str]] = {}
+    for doc_id, tag in session.execute(select(GoldTag.document_id, GoldTag.tag).order_by(GoldTag.tag)):
+        tags.setdefault(doc_id, []).append(tag)
+    acl: dict[int, list[str]] = {}
+    for doc_id, group in session.execute(select(DocumentAcl.document_id, DocumentAcl.group_name)):
+        acl.setdefault(doc_id, []).append(group)
+    return [
+        {
+            "id": doc.id,
+            "path": doc.path,
+            "title": doc.title,
+            "mime": doc.mime,
+            "version": doc.version,
+            "size": doc.size,
+            "chunks": n_chunks,
+            "category": category,
+            "tags": tags.get(doc.id, []),
+            "acl": sorted(acl.get(doc.id, [])),
+        }
+        for doc, category, n_chunks in rows
+    ]
+
+
+def document_labels(session: Session, doc_id: int) -> dict[str, Any]:
+    gold = session.get(GoldLabel, doc_id)
+    tags = session.scalars(select(GoldTag.tag).where(GoldTag.document_id == doc_id).order_by(GoldTag.tag))
+    acl = session.scalars(
+        select(DocumentAcl.group_name).where(DocumentAcl.document_id == doc_id).order_by(DocumentAcl.group_name)
+    )
+    return {
+        "category": gold.category if gold else None,
+        "tags": list(tags),
+        "summary": gold.summary if gold else None,
+        "acl": list(acl),
+    }
+
+
+def stats(session: Session) -> dict[str, Any]:
+    by_status = dict(session.execute(select(Document.status, func.count()).group_by(Document.status)).all())
+    by_mime = dict(
+        session.execute(
+            select(Document.mime, func.count()).where(Document.status == "active").group_by(Document.mime)
+        ).all()
+    )
+    active_chunks = (
+        select(func.count(), func.coalesce(func.sum(Chunk.token_count), 0))
+        .select_from(Chunk)
+        .join(Document)
+        .where(Document.status == "active")
+    )
+    chunk_count, token_count = session.execute(active_chunks).one()
+    labelled = session.scalar(
+        select(func.count()).select_from(GoldLabel).join(Document).where(
+            Document.status == "active", GoldLabel.category.is_not(None)
+        )
+    )
+    last_run = session.scalars(select(IngestRun).order_by(IngestRun.id.desc())).first()
+    return {
+        "documents": by_status.get("active", 0),
+        "deleted": by_status.get("deleted", 0),
+        "chunks": chunk_count,
+        "tokens": int(token_count),
+        "labelled_documents": labelled,
+        "restricted_documents": session.scalar(select(func.count(func.distinct(DocumentAcl.document_id)))),
+        "sources": session.scalar(select(func.count()).select_from(Source)),
+        "by_mime": by_mime,
+        "last_ingest": _run_dict(last_run) if last_run else None,
+    }
+
+
+# --- ingest runs and errors ----------------------------------------------------------------------
+
+
+def start_run(session: Session, paths: list[str]) -> int:
+    run = IngestRun(paths=paths)
+    session.add(run)
+    session.flush()
+    return run.id
+
+
+def finish_run(session: Session, run_id: int, counts: dict[str, int], seconds: float, status: str = "ok") -> None:
+    session.execute(
+        update(IngestRun)
+        .where(IngestRun.id == run_id)
+        .values(finished_at=utcnow(), seconds=seconds, status=status, **counts)
+    )
+
+
+def record_errors(session: Session, run_id: int, errors: Iterable[tuple[str, str, str]]) -> None:
+    rows = [dict(run_id=run_id, path=p, error_kind=k, message=m) for p, k, m in errors]
+    if rows:
+        session.execute(insert(IngestError), rows)
+
+
+def list_errors(session: Session, run_id: int | None = None) -> list[IngestError]:
+    """Errors of one run; by default those of the latest run that finished."""
+    if run_id is None:
+        run_id = session.scalar(
+            select(IngestRun.id).where(IngestRun.finished_at.is_not(None)).order_by(IngestRun.id.desc())
+        )
+        if run_id is None:
+            return []
+    query = select(IngestError).where(IngestError.run_id == run_id).order_by(IngestError.path)
+    return list(session.scalars(query))
+
+
+def _run_dict(run: IngestRun) -> dict[str, Any]:
+    return {
+        "id": run.id,
+        "status": run.status,
+        "started_at": run.started_at.isoformat() if run.started_at else None,
+        "seconds": round(run.seconds, 3),
+        **{k: getattr(run, k) for k in ("added", "updated", "unchanged", "deleted", "skipped", "errors")},
+    }
+
+
+def _jsonable(value: Any) -> Any:
+    """Front matter may hold YAML dates and other non-JSON scalars; store them as strings."""
+    return json.loads(json.dumps(value, default=str))

@@ -1,0 +1,246 @@
+"""Chunking invariants (offsets, exact token counts, coverage) and boundary preferences."""
+
+from __future__ import annotations
+
+import random
+import re
+import time
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from kb_pipeline.backbone.loading import load_tokenizer
+from kb_pipeline.ingest.chunking import ChunkSpan, chunk_text
+
+WORDS = (
+    "policy budget review the of and team customer quarterly release report manager onboarding "
+    "café naïve résumé Zürich São Ångström 東京 数据 報告 😀 🚀 👍🏽 3.5 42 e.g. Dr. v2.1 well-known"
+).split()
+
+
+@pytest.fixture(scope="module")
+def minilm():
+    return load_tokenizer("minilm")
+
+
+def _byte_level_bpe():
+    """A small GPT-2/SmolLM2-style tokenizer (byte-level BPE, offsets include the leading space) trained offline."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    backend = Tokenizer(models.BPE())
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    backend.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=600, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    rng = random.Random(0)
+    backend.train_from_iterator([" ".join(rng.choices(WORDS, k=40)) for _ in range(300)], trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=backend)
+
+
+def _metaspace_bpe():
+    """A Llama-2-style tokenizer (sentencepiece metaspace, byte fallback) trained offline."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    backend = Tokenizer(models.BPE(byte_fallback=True, unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="first")
+    backend.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="first")
+    bytes_ = [f"<0x{b:02X}>" for b in range(256)]
+    trainer = trainers.BpeTrainer(vocab_size=700, special_tokens=["<unk>", *bytes_], show_progress=False)
+    rng = random.Random(1)
+    backend.train_from_iterator([" ".join(rng.choices(WORDS, k=40)) for _ in range(300)], trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="<unk>")
+
+
+@pytest.fixture(scope="module", params=["minilm", "byte-level", "metaspace"])
+def any_tokenizer(request, minilm):
+    return {"minilm": lambda: minilm, "byte-level": _byte_level_bpe, "metaspace": _metaspace_bpe}[request.param]()
+
+
+def n_tokens(tokenizer, text: str) -> int:
+    return len(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+
+def check_invariants(source: str, chunks: list[ChunkSpan], tokenizer, max_tokens: int) -> None:
+    assert [c.ordinal for c in chunks] == list(range(len(chunks)))
+    covered = bytearray(len(source))
+    for c in chunks:
+        assert c.text and c.text == source[c.char_start : c.char_end]
+        assert c.text == c.text.strip()
+        assert c.token_count == n_tokens(tokenizer, c.text) <= max_tokens
+        covered[c.char_start : c.char_end] = b"\1" * (c.char_end - c.char_start)
+    starts = [c.char_start for c in chunks]
+    assert starts == sorted(set(starts))
+    missed = [i for i, ch in enumerate(source) if not ch.isspace() and not covered[i]]
+    assert not missed, f"uncovered chars at {missed[:10]}"
+
+
+# --- property tests ------------------------------------------------------------------------------
+
+word = st.one_of(
+    st.sampled_from(WORDS),
+    st.text(st.sampled_from("abcxyzéüñß東京数😀🚀-_/.0123456789"), min_size=1, max_size=14),
+)
+sentence = st.builds(
+    lambda ws, end: " ".join(ws).capitalize() + end,
+    st.lists(word, min_size=1, max_size=18),
+    st.sampled_from([".", "!", "?", "", ".)", "..."]),
+)
+paragraph = st.lists(sentence, min_size=1, max_size=6).map(" ".join)
+heading = st.builds(lambda level, s: "#" * level + " " + s, st.integers(1, 6), sentence)
+bullets = st.lists(sentence.map(lambda s: "- " + s), min_size=1, max_size=5).map("\n".join)
+block = st.one_of(paragraph, paragraph, heading, bullets)
+document = st.lists(st.tuples(block, st.sampled_from(["\n\n", "\n\n", "\n", "\n\n\n", " \n\n  "])), max_size=12).map(
+    lambda parts: "".join(b + sep for b, sep in parts)
+)
+sizes = st.sampled_from([(16, 0), (16, 7), (24, 5), (64, 0), (64, 20), (200, 40)])
+
+PROPERTY = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+
+
+@PROPERTY
+@given(text=document, size=sizes)
+def test_offsets_counts_and_coverage_on_structured_text(any_tokenizer, text, size):
+    max_tokens, overlap = size
+    chunks = chunk_text(text, any_tokenizer, max_tokens=max_tokens, overlap_tokens=overlap)
+    check_invariants(text, chunks, any_tokenizer, max_tokens)
+    assert bool(chunks) == bool(text.strip())
+
+
+@PROPERTY
+@given(text=st.text(max_size=400), size=sizes)
+def test_offsets_counts_and_coverage_on_arbitrary_unicode(minilm, text, size):
+    max_tokens, overlap = size
+    check_invariants(text, chunk_text(text, minilm, max_tokens=max_tokens, overlap_tokens=overlap), minilm, max_tokens)
+
+
+# --- boundary preferences ------------------------------------------------------------------------
+
+
+def prose(rng: random.Random, n_sentences: int) -> str:
+    vocab = "data team review budget plan policy report quarter sales product launch risk owner".split()
+    return " ".join(
+        " ".join(rng.choices(vocab, k=rng.randint(6, 14))).capitalize() + rng.choice(".!?") for _ in range(n_sentences)
+    )
+
+
+def test_empty_and_blank_text(minilm):
+    assert chunk_text("", minilm) == []
+    assert chunk_text(" \n\n\t ", minilm) == []
+
+
+def test_short_text_is_one_chunk(minilm):
+    text = "\n  Hello world. This is short.  \n"
+    (chunk,) = chunk_text(text, minilm)
+    assert chunk.text == "Hello world. This is short."
+    assert (chunk.char_start, chunk.char_end) == (3, 30)
+
+
+def test_sections_start_new_chunks(minilm):
+    rng = random.Random(3)
+    sections = [f"## Section {i}\n\n{prose(rng, 4)}\n\n{prose(rng, 3)}" for i in range(3)]
+    text = "\n\n".join(sections)
+    assert all(60 < n_tokens(minilm, s) < 150 for s in sections)
+    chunks = chunk_text(text, minilm, max_tokens=200, overlap_tokens=40)
+    check_invariants(text, chunks, minilm, 200)
+    assert [c.text for c in chunks] == sections
+
+
+def test_tiny_sections_are_merged_and_headings_never_end_a_chunk(minilm):
+    rng = random.Random(4)
+    text = "\n\n".join(f"### Item {i}\n\n{prose(rng, 1)}" for i in range(40))
+    chunks = chunk_text(text, minilm, max_tokens=100, overlap_tokens=20)
+    check_invariants(text, chunks, minilm, 100)
+    assert len(chunks) < 40
+    for c in chunks:
+        assert c.text.startswith("### Item"), "cuts should fall before headings"
+        assert not c.text.splitlines()[-1].startswith("#")
+
+
+def test_long_paragraph_splits_at_sentence_ends(minilm):
+    rng = random.Random(5)
+    text = prose(rng, 220)
+    assert len(text.split()) > 2000
+    chunks = chunk_text(text, minilm, max_tokens=200, overlap_tokens=40)
+    check_invariants(text, chunks, minilm, 200)
+    assert len(chunks) > 10
+    for c in chunks:
+        assert c.text[0].isupper() and c.text[-1] in ".!?"
+    assert all(c.token_count > 100 for c in chunks[:-1])  # not needlessly small
+
+
+def test_abbreviations_and_decimals_are_not_sentence_ends(minilm):
+    filler = " ".join(["Plain words here without any ending at all"] * 6)
+    text = f"{filler} e.g. Dr. Smith paid 3.5 dollars for U.S. Steel shares. {filler}."
+    chunks = chunk_text(text, minilm, max_tokens=40, overlap_tokens=0)
+    check_invariants(text, chunks, minilm, 40)
+    for cut in (c.char_end for c in chunks[:-1]):
+        assert text[cut - 4 : cut] not in ("e.g.", " Dr.", " 3.5", "U.S.")
+
+
+def test_unbroken_run_splits_at_token_boundaries(minilm):
+    run = "".join(f"seg{i}_" for i in range(800))[:5000]  # no whitespace; '_' splits BERT tokens
+    text = f"Intro sentence here.\n\n{run}\n\nOutro."
+    chunks = chunk_text(text, minilm, max_tokens=64, overlap_tokens=0)
+    check_invariants(text, chunks, minilm, 64)
+    offsets = minilm(text, add_special_tokens=False, return_offsets_mapping=True, verbose=False)["offset_mapping"]
+    boundaries = {s for s, _ in offsets} | {e for _, e in offsets}
+    assert all(c.char_start in boundaries and c.char_end in boundaries for c in chunks)
+    assert chunks[0].text == "Intro sentence here."  # the run starts its own chunk
+    assert len(chunks) > 5 and all(c.text in run for c in chunks[1:-1])
+    assert all(not text[a.char_end : b.char_start].strip() for a, b in zip(chunks, chunks[1:]))
+
+
+def test_unbroken_run_with_byte_level_tokenizer():
+    tokenizer = _byte_level_bpe()
+    run = "".join(random.Random(6).choices("abcdefghijklmnopqrstuvwxyz東京😀", k=5000))
+    chunks = chunk_text(run, tokenizer, max_tokens=32, overlap_tokens=0)
+    check_invariants(run, chunks, tokenizer, 32)
+    assert "".join(c.text for c in chunks) == run
+
+
+@pytest.mark.parametrize("overlap", [0, 10, 40])
+def test_overlap(minilm, overlap):
+    rng = random.Random(7)
+    text = "\n\n".join(prose(rng, 3) for _ in range(30))
+    chunks = chunk_text(text, minilm, max_tokens=120, overlap_tokens=overlap)
+    check_invariants(text, chunks, minilm, 120)
+    for prev, nxt in zip(chunks, chunks[1:]):
+        shared = text[nxt.char_start : prev.char_end]
+        if overlap == 0:
+            assert nxt.char_start >= prev.char_end
+        else:
+            assert 0 < n_tokens(minilm, shared) <= overlap + 2
+            assert text[nxt.char_start - 1].isspace()  # never starts mid-word
+            if overlap == 40:  # sentences are shorter than the window: snapped to a sentence start
+                assert re.match(r"[A-Z]", shared)
+
+
+def test_no_overlap_across_heading_cut(minilm):
+    rng = random.Random(8)
+    text = f"# One\n\n{prose(rng, 6)}\n\n# Two\n\n{prose(rng, 6)}"
+    chunks = chunk_text(text, minilm, max_tokens=200, overlap_tokens=40)
+    two = next(c for c in chunks if c.text.startswith("# Two"))
+    assert chunks[two.ordinal - 1].char_end < two.char_start
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "name"),
+    [
+        ({"max_tokens": 15}, "max_tokens"),
+        ({"max_tokens": 100, "overlap_tokens": 50}, "overlap_tokens"),
+        ({"overlap_tokens": -1}, "overlap_tokens"),
+    ],
+)
+def test_bad_arguments(minilm, kwargs, name):
+    with pytest.raises(ValueError, match=name):
+        chunk_text("some text", minilm, **kwargs)
+
+
+def test_speed_sanity(minilm):
+    rng = random.Random(9)
+    text = "\n\n".join(f"## Part {i}\n\n{prose(rng, 5)}\n\n{prose(rng, 8)}" for i in range(300))
+    began = time.perf_counter()
+    chunks = chunk_text(text, minilm)
+    print(f"\nchunked {len(text):,} chars into {len(chunks)} chunks in {time.perf_counter() - began:.2f}s")
