@@ -26,6 +26,20 @@ def _env_number(name: str, default: float, cast=float):
     return value
 
 
+def _adapter_layers(raw: str | None) -> int | str:
+    if raw is None or raw.strip().lower() in {"", "auto"}:
+        return "auto"
+    if raw.strip().lower() == "all":
+        return "all"
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ConfigError(f"KB_ADAPTER_LAYERS={raw!r} must be a number of top layers, 'auto' or 'all'") from None
+    if value <= 0:
+        raise ConfigError(f"KB_ADAPTER_LAYERS={raw!r} must be positive")
+    return value
+
+
 @dataclass(frozen=True)
 class Settings:
     home: Path
@@ -37,6 +51,9 @@ class Settings:
     chunk_tokens: int = 200
     chunk_overlap: int = 40
     batch_size: int = 32
+    # Adapt only the top N transformer layers ("auto": the top third, "all": every layer). Below the
+    # adapted layers the backbone is shared by every task, so its output is computed once per text.
+    adapter_layers: int | str = "auto"
     extra: dict = field(default_factory=dict, compare=False)
 
     @classmethod
@@ -52,10 +69,19 @@ class Settings:
             parse_memory_mb=_env_number("KB_PARSE_MEMORY_MB", 1024, int),
             chunk_tokens=_env_number("KB_CHUNK_TOKENS", 200, int),
             chunk_overlap=int(os.environ.get("KB_CHUNK_OVERLAP") or 40),
+            adapter_layers=_adapter_layers(os.environ.get("KB_ADAPTER_LAYERS")),
         )
 
     def with_(self, **changes) -> "Settings":
         return replace(self, **changes)
+
+    def adapted_layers(self, num_layers: int) -> int | None:
+        """Top layers an adapter covers on a backbone of `num_layers` (None: all of them)."""
+        if self.adapter_layers == "all":
+            return None
+        if self.adapter_layers == "auto":
+            return max(1, -(-num_layers // 3))
+        return min(int(self.adapter_layers), num_layers)
 
     @property
     def is_sqlite(self) -> bool:

@@ -15,19 +15,30 @@ def _url() -> str:
     return config.get_main_option("sqlalchemy.url") or Settings.from_env().database_url
 
 
+KEYWORD_INDEX_OBJECTS = ("chunks_fts", "ix_chunks_fts")  # created by hand in 0003, not ORM models
+
+
+def include_name(name, type_, parent_names) -> bool:
+    """Keep the full-text objects (and SQLite's FTS shadow tables) out of autogenerate's diff."""
+    return not (name or "").startswith(KEYWORD_INDEX_OBJECTS)
+
+
 def run_migrations_offline() -> None:
     context.configure(
         url=_url(),
         target_metadata=target_metadata,
         literal_binds=True,
         render_as_batch=True,
+        include_name=include_name,
     )
     with context.begin_transaction():
         context.run_migrations()
 
 
 def _run(connection) -> None:
-    context.configure(connection=connection, target_metadata=target_metadata, render_as_batch=True)
+    context.configure(
+        connection=connection, target_metadata=target_metadata, render_as_batch=True, include_name=include_name
+    )
     with context.begin_transaction():
         context.run_migrations()
 

@@ -11,7 +11,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from kb_pipeline.backbone.loading import load_tokenizer
-from kb_pipeline.ingest.chunking import ChunkSpan, chunk_text
+from kb_pipeline.backbone.tokenizer import ChunkTokenizer, chunk_tokenizer
+from kb_pipeline.ingest.chunking import ChunkSpan, _splits_at_whitespace, chunk_text
 
 WORDS = (
     "policy budget review the of and team customer quarterly release report manager onboarding "
@@ -32,7 +33,8 @@ def _byte_level_bpe():
     backend = Tokenizer(models.BPE())
     backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     backend.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=600, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    alphabet = pre_tokenizers.ByteLevel.alphabet()
+    trainer = trainers.BpeTrainer(vocab_size=600, initial_alphabet=alphabet, show_progress=False)
     rng = random.Random(0)
     backend.train_from_iterator([" ".join(rng.choices(WORDS, k=40)) for _ in range(300)], trainer)
     return PreTrainedTokenizerFast(tokenizer_object=backend)
@@ -53,12 +55,25 @@ def _metaspace_bpe():
     return PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="<unk>")
 
 
-@pytest.fixture(scope="module", params=["minilm", "byte-level", "metaspace"])
-def any_tokenizer(request, minilm):
-    return {"minilm": lambda: minilm, "byte-level": _byte_level_bpe, "metaspace": _metaspace_bpe}[request.param]()
+@pytest.fixture(scope="module")
+def minilm_chunk():
+    """What `kb ingest` uses: tokenizer.json through `tokenizers`, with the ASCII WordPiece route."""
+    return chunk_tokenizer("minilm")
+
+
+@pytest.fixture(scope="module", params=["minilm", "minilm-chunk", "byte-level", "metaspace"])
+def any_tokenizer(request, minilm, minilm_chunk):
+    return {
+        "minilm": lambda: minilm,
+        "minilm-chunk": lambda: minilm_chunk,
+        "byte-level": _byte_level_bpe,
+        "metaspace": _metaspace_bpe,
+    }[request.param]()
 
 
 def n_tokens(tokenizer, text: str) -> int:
+    if isinstance(tokenizer, ChunkTokenizer):  # counted by Rust, so its ASCII route cannot vouch for itself
+        return len(tokenizer.backend_tokenizer.encode(text, add_special_tokens=False).ids)
     return len(tokenizer(text, add_special_tokens=False)["input_ids"])
 
 
@@ -108,11 +123,58 @@ def test_offsets_counts_and_coverage_on_structured_text(any_tokenizer, text, siz
     assert bool(chunks) == bool(text.strip())
 
 
+short_heading = st.builds(
+    lambda level, ws: "#" * level + " " + " ".join(ws).capitalize(),
+    st.integers(1, 6),
+    st.lists(st.sampled_from(WORDS), min_size=1, max_size=4),
+)
+sectioned = st.lists(st.tuples(short_heading, st.lists(st.one_of(paragraph, bullets), max_size=3)), max_size=8).map(
+    lambda sections: "\n\n".join("\n\n".join([h, *body]) for h, body in sections)
+)
+HEADING_LINE = re.compile(r"\s*#{1,6} ")
+
+
+@PROPERTY
+@given(text=sectioned, size=st.sampled_from([(64, 0), (64, 20), (200, 40)]))
+def test_heading_is_never_the_last_line_of_a_chunk(any_tokenizer, text, size):
+    max_tokens, overlap = size
+    chunks = chunk_text(text, any_tokenizer, max_tokens=max_tokens, overlap_tokens=overlap)
+    check_invariants(text, chunks, any_tokenizer, max_tokens)
+    for c in chunks:
+        lines = [line for line in c.text.splitlines() if line.strip()]
+        if text[c.char_end :].strip() and not all(HEADING_LINE.match(line) for line in lines):
+            assert not HEADING_LINE.match(lines[-1]), c.text
+
+
 @PROPERTY
 @given(text=st.text(max_size=400), size=sizes)
 def test_offsets_counts_and_coverage_on_arbitrary_unicode(minilm, text, size):
     max_tokens, overlap = size
     check_invariants(text, chunk_text(text, minilm, max_tokens=max_tokens, overlap_tokens=overlap), minilm, max_tokens)
+
+
+ascii_text = st.text(st.sampled_from("abcXYZ019 \t\n\r!#$[]_-.,'\"`~@^{}|\\/:;<>?*&%()+=é\x0b\x7f"), max_size=300)
+
+
+@PROPERTY
+@given(text=st.one_of(ascii_text, document, st.sampled_from(["[SEP] x", "a[sep]b", "[Mask]", "x" * 101 + " y"])))
+def test_chunk_tokenizer_ascii_route_matches_the_rust_pipeline(minilm_chunk, text):
+    rust = minilm_chunk.backend_tokenizer.encode(text, add_special_tokens=False)
+    ours = minilm_chunk(text, add_special_tokens=False, return_offsets_mapping=True)
+    assert (ours["input_ids"], ours["offset_mapping"]) == (rust.ids, rust.offsets)
+
+
+def test_whole_text_counts_only_for_tokenizers_that_split_at_whitespace(minilm, minilm_chunk):
+    assert _splits_at_whitespace(minilm) and _splits_at_whitespace(minilm_chunk)
+    assert not _splits_at_whitespace(_byte_level_bpe()) and not _splits_at_whitespace(_metaspace_bpe())
+
+
+@PROPERTY
+@given(text=st.text(max_size=400), size=sizes)
+def test_offsets_counts_and_coverage_on_arbitrary_unicode_chunk_tokenizer(minilm_chunk, text, size):
+    max_tokens, overlap = size
+    chunks = chunk_text(text, minilm_chunk, max_tokens=max_tokens, overlap_tokens=overlap)
+    check_invariants(text, chunks, minilm_chunk, max_tokens)
 
 
 # --- boundary preferences ------------------------------------------------------------------------

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import pytest
 from sqlalchemy import event, func, select
+from sqlalchemy.exc import IntegrityError
 
 from kb_pipeline.ingest.pipeline import IngestPathError, ingest
 from kb_pipeline.store import repo
@@ -198,3 +200,59 @@ def test_missing_path_is_refused_before_anything_is_written(settings, tmp_path):
     with pytest.raises(IngestPathError, match="nope"):
         ingest(settings, [tmp_path / "nope"])
     assert row_counts(settings)["documents"] == 0
+
+
+def stored_rows(settings, root: Path) -> dict[str, tuple]:
+    """Everything stored for the documents under `root`, keyed by URI, without ids and timestamps."""
+    with session_factory(settings)() as s:
+        source = s.scalars(select(Source).where(Source.root == str(root))).one()
+        rows = {}
+        for doc in s.scalars(select(Document).where(Document.source_id == source.id)):
+            rows[doc.uri] = (
+                (doc.title, doc.mime, doc.size, doc.content_sha256, doc.version, doc.status, doc.meta, doc.text),
+                [(c.ordinal, c.text, c.char_start, c.char_end, c.token_count) for c in doc.chunks],
+                repo.document_labels(s, doc.id),
+            )
+        return rows
+
+
+def test_bulk_insert_stores_exactly_what_per_document_writes_store(settings, corpus, tmp_path, monkeypatch):
+    ingest(settings, [corpus])
+    twin = tmp_path / "twin"
+    shutil.copytree(corpus, twin)
+
+    def refuse(*args, **kwargs):
+        raise IntegrityError("INSERT", {}, Exception("forced: fall back to one savepoint per document"))
+
+    monkeypatch.setattr(repo, "insert_documents", refuse)
+    report = ingest(settings, [twin])
+    assert report.as_dict()["added"] == 3
+    assert stored_rows(settings, twin) == stored_rows(settings, corpus)
+
+
+def test_a_file_stored_by_a_concurrent_ingest_meanwhile_becomes_an_update(settings, corpus):
+    """Another ingest of the same folder stores a file while this run parses: the batch's bulk insert
+    hits the unique (source, uri) key, leaves nothing behind, and each document is written on its own."""
+    racer: list[str] = []
+
+    def progress(done, total, path):
+        if racer:
+            return
+        with session_factory(settings).begin() as s:
+            source = s.scalars(select(Source)).one()
+            doc = repo.NewDocument(
+                uri="eng/failover.md", path=str(corpus / "eng" / "failover.md"), title="Old", mime="text/markdown",
+                size=3, mtime=0.0, sha256="0" * 64, text="old", metadata={}, category=None, tags=(), summary=None,
+                acl=(), chunks=[dict(ordinal=0, text="old", char_start=0, char_end=3, token_count=1)],
+            )
+            racer.append(str(repo.write_document(s, source.id, doc, None)))
+
+    report = ingest(settings, [corpus], progress=progress)
+    assert report.as_dict() | {"seconds": 0} == {
+        "added": 2, "updated": 1, "unchanged": 0, "deleted": 0, "skipped": 1, "errors": 0, "seconds": 0
+    }
+    with session_factory(settings)() as s:
+        doc = repo.find_document(s, "eng/failover.md")
+        assert str(doc.id) == racer[0] and doc.version == 2 and doc.title == "Database Failover Runbook"
+        assert [c.text for c in doc.chunks] != ["old"]
+    assert row_counts(settings)["documents"] == 3

@@ -6,13 +6,18 @@ import hashlib
 import io
 import os
 import pickle
+import re
 import signal
 import time
 import zipfile
 from pathlib import Path
 
 import pytest
+import yaml
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+from kb_pipeline.ingest import front_matter
 from kb_pipeline.ingest.front_matter import (
     FrontMatterError,
     Labels,
@@ -20,12 +25,15 @@ from kb_pipeline.ingest.front_matter import (
     split_front_matter,
 )
 from kb_pipeline.ingest.readers import (
+    IN_PROCESS_MAX_BYTES,
     SUPPORTED_SUFFIXES,
     ParsedDocument,
     ReadError,
     SandboxedReader,
+    _h1_title,
     is_supported,
     normalise_text,
+    parses_in_process,
     read_document,
 )
 
@@ -146,6 +154,23 @@ def test_markdown_title_falls_back_to_heading_then_file_name(tmp_path):
     assert read_document(with_heading, max_bytes=MAX).title == "Onboarding Guide"
     no_heading = write(tmp_path / "leave-policy_2024.markdown", "Just text.\n")
     assert read_document(no_heading, max_bytes=MAX).title == "Leave policy 2024"
+
+
+_OLD_H1 = re.compile(r"^ {0,3}# +(.+?)(?: +#+)? *$")  # what _h1_title replaces: cubic on long runs of spaces
+
+
+@settings(max_examples=2000, deadline=None)
+@given(line=st.text(st.sampled_from(" #a\t.\u00a0\r"), max_size=16))
+def test_h1_title_matches_the_regex_it_replaces(line):
+    match = _OLD_H1.match(line)
+    assert _h1_title(line) == (match.group(1).strip() if match else None)
+
+
+def test_heading_line_with_a_huge_run_of_spaces_parses_quickly(tmp_path):
+    path = write(tmp_path / "spaces.md", "# a" + " " * 500_000 + "b\n\nBody.\n")
+    start = time.monotonic()
+    assert read_document(path, max_bytes=MAX).title == "a" + " " * 500_000 + "b"
+    assert time.monotonic() - start < 2
 
 
 def test_text_file_is_normalised_and_titled_by_first_line(tmp_path):
@@ -337,6 +362,34 @@ def test_split_front_matter():
         split_front_matter("---\ntitle: ok\nBody")
 
 
+@pytest.mark.parametrize(
+    "source",
+    [
+        "title: ok\ntags: [a, b\n",  # libyaml words this one differently
+        "title: ok\nbad: x: y\n",
+        "a:\n\t- b\n",
+        "a: *missing\n",
+        "? [a]\n: 1\n",
+        "a: " + "[" * 40 + "]" * 40,  # deeper than libyaml is trusted with
+        "a: " + "[" * 5000 + "]" * 5000,  # the pure-Python loader's RecursionError
+        "x: 2020-13-45\n",
+        "a: &x [1, 2]\nb: *x\nwhen: 2024-03-01\nn: 0x1f\nf: .5\nyes: on\n",
+    ],
+)
+def test_front_matter_loads_exactly_as_the_pure_python_loader(source):
+    """libyaml is only a faster route: results, errors and their messages are PyYAML's own."""
+
+    def outcome(load):
+        try:
+            return "ok", load(source)
+        except RecursionError:
+            return "recursion", None
+        except Exception as exc:
+            return type(exc).__name__, str(exc)
+
+    assert outcome(front_matter._load_yaml) == outcome(yaml.safe_load)
+
+
 def test_exponential_yaml_aliases_are_refused_quickly():
     levels = ["a0: &a0 [" + ", ".join(["x"] * 10) + "]"]
     levels += [f"a{i}: &a{i} [" + ", ".join([f"*a{i - 1}"] * 10) + "]" for i in range(1, 9)]
@@ -436,6 +489,29 @@ def test_sandbox_read_many_keeps_order_and_mixes_results(tmp_path):
         else:
             assert result.title == f"Doc {i}"
     assert results[-1][1].title == "Travel Policy"
+
+
+def test_only_small_text_files_are_parsed_in_process():
+    assert parses_in_process(Path("a/notes.MD"), 10) and parses_in_process(Path("a.txt"), IN_PROCESS_MAX_BYTES)
+    assert not parses_in_process(Path("a.md"), IN_PROCESS_MAX_BYTES + 1)
+    assert not any(parses_in_process(Path(f"a{suffix}"), 10) for suffix in (".html", ".htm", ".pdf", ".docx"))
+
+
+def test_sandbox_read_many_parses_chosen_files_here_in_order_with_the_same_errors(tmp_path):
+    paths = [
+        write(tmp_path / "a.md", "# A\n\nBody\n"),
+        make_docx(tmp_path / "travel.docx"),
+        write(tmp_path / "bad.txt", b"caf\xe9"),
+        write(tmp_path / "segv.txt", "crashes in a worker"),
+        write(tmp_path / "b.txt", "Bee\n"),
+    ]
+    here = {paths[0], paths[2], paths[4]}
+    with SandboxedReader(max_bytes=MAX, processes=2, reader=die_on_marked) as sandbox:
+        results = list(sandbox.read_many(paths, in_process=here.__contains__))
+    assert [path for path, _ in results] == paths
+    assert results[0][1].title == "A" and results[1][1].title == "Travel Policy" and results[4][1].title == "Bee"
+    assert results[2][1].kind == "invalid_utf8" and results[2][1].message == read_error(paths[2]).message
+    assert results[3][1].kind == "corrupt" and "SIGSEGV" in results[3][1].message  # still sandboxed
 
 
 def test_sandbox_rejects_readers_workers_cannot_import():

@@ -48,3 +48,14 @@ def test_sqlite_runs_in_wal_mode_with_foreign_keys(kb_home):
     with get_engine(s.database_url).connect() as conn:
         assert conn.execute(text("PRAGMA journal_mode")).scalar() == "wal"
         assert conn.execute(text("PRAGMA foreign_keys")).scalar() == 1
+
+
+def test_an_older_database_is_upgraded_by_any_command(backend):
+    s = Settings.from_env()
+    upgrade(s.database_url, "0001")
+    with get_engine(s.database_url).begin() as conn:
+        conn.execute(text("insert into sources (root, created_at) values ('/tmp/x', CURRENT_TIMESTAMP)"))
+    ensure_schema(s)
+    with get_engine(s.database_url).connect() as conn:
+        assert conn.execute(text("select root from sources")).scalar() == "/tmp/x"
+        assert conn.execute(text("select version_num from alembic_version")).scalar() == head_revision(s.database_url)

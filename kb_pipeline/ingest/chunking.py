@@ -3,9 +3,12 @@
 The text is tokenised once (fast tokenizer, char offsets) and all planning happens in token space:
 structural boundaries found by regex in char space (headings, blank lines, line breaks, sentence ends)
 are mapped onto token indices, so a chunk can be sized exactly and never cuts through a token.
-Each planned chunk is then re-tokenised on its own (in batches) because a slice can tokenise a token
-or two differently from the same span inside the whole text; a chunk that comes out too long is
-re-planned with a smaller budget.
+A slice can tokenise a token or two differently from the same span inside the whole text (byte-level
+BPE and metaspace tokens carry their leading space; a cut between WordPiece pieces turns "##ing" into
+"ing"), so a planned chunk is re-tokenised on its own (in batches) and re-planned with a smaller budget
+if it comes out too long. For BERT-style tokenizers a chunk bounded by whitespace on both sides is
+provably tokenised exactly as inside the whole text, so its count is read off the whole-text offsets and
+only the rare chunk cut inside an unbroken run is re-tokenised.
 """
 
 from __future__ import annotations
@@ -14,7 +17,9 @@ import re
 from bisect import bisect_left, bisect_right
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from functools import partial
 from itertools import accumulate, islice
+from operator import itemgetter, le
 from typing import Any
 
 __all__ = ["ChunkSpan", "chunk_text"]
@@ -28,6 +33,7 @@ _ABBREVIATIONS = frozenset(
 )
 _NON_SPACE = re.compile(r"\S")
 _VERIFY_BATCH = 64  # chunks re-tokenised per tokenizer call: amortises call overhead, bounds re-work on a miss
+_BERT_WHITESPACE = frozenset(" \t\n\r")  # whitespace every BERT normaliser/pre-tokeniser splits at
 
 
 @dataclass(frozen=True)
@@ -61,10 +67,11 @@ def chunk_text(text: str, tokenizer: Any, *, max_tokens: int = 200, overlap_toke
     while not finished:
         plans = list(islice(layout.plan(*state, budgets), _VERIFY_BATCH))
         pieces = [layout.trimmed(start, end) for start, end, _, _ in plans]
-        counts = _count_tokens(tokenizer, [text[s:e] for s, e in pieces if e > s])
-        count_iter = iter(counts)
-        for (start, end, fresh, next_start), (char_start, char_end) in zip(plans, pieces):
-            count = next(count_iter) if char_end > char_start else 0
+        known = [layout.exact_count(s, e) for s, e in pieces]  # None: the slice must be re-tokenised
+        count_iter = iter(_count_tokens(tokenizer, [text[s:e] for (s, e), n in zip(pieces, known) if n is None]))
+        for (start, end, fresh, next_start), (char_start, char_end), count in zip(plans, pieces, known):
+            if count is None:
+                count = next(count_iter)
             if count > max_tokens:
                 budget = min(budgets.get(start, max_tokens), end - start)
                 if budget <= 1:
@@ -81,6 +88,7 @@ def chunk_text(text: str, tokenizer: Any, *, max_tokens: int = 200, overlap_toke
 
 
 def _count_tokens(tokenizer: Any, texts: list[str]) -> list[int]:
+    """Exact token counts of each text on its own; batched because per-call overhead dominates short texts."""
     if not texts:
         return []
     encoded = tokenizer(
@@ -89,8 +97,34 @@ def _count_tokens(tokenizer: Any, texts: list[str]) -> list[int]:
     return [len(ids) for ids in encoded["input_ids"]]
 
 
+def _splits_at_whitespace(tokenizer: Any) -> bool:
+    """Whether a slice with whitespace (or the text's edge) on each side gets the whole text's tokens.
+
+    That is, it tokenises on its own to exactly the tokens the whole text has inside it. True for
+    BERT-style pipelines: BertNormalizer never looks across whitespace, BertPreTokenizer splits at every
+    whitespace character, WordPiece sees one word at a time, and an added token (matched before all
+    that) can neither contain whitespace nor, without lstrip/rstrip, swallow it. Not true for byte-level
+    BPE or metaspace, where a word's first token depends on the space before it.
+    """
+    backend = getattr(tokenizer, "backend_tokenizer", None)  # transformers fast tokenizers and ChunkTokenizer
+    if backend is None:
+        return False
+    from tokenizers import models, normalizers, pre_tokenizers
+
+    if not isinstance(backend.pre_tokenizer, pre_tokenizers.BertPreTokenizer):
+        return False
+    if not isinstance(backend.model, models.WordPiece):
+        return False
+    if backend.normalizer is not None and not isinstance(backend.normalizer, normalizers.BertNormalizer):
+        return False
+    return all(
+        token.content and not token.lstrip and not token.rstrip and not any(c.isspace() for c in token.content)
+        for token in backend.get_added_tokens_decoder().values()
+    )
+
+
 class _Layout:
-    """The tokenised text plus its ranked cut points, all as token indices (a cut at i ends a chunk before token i)."""
+    """The tokenised text and its ranked cut points, as token indices (a cut at i ends a chunk before token i)."""
 
     def __init__(self, text: str, tokenizer: Any, max_tokens: int, overlap_tokens: int) -> None:
         self.text = text
@@ -100,9 +134,12 @@ class _Layout:
             "offset_mapping"
         ]
         self.n_tokens = len(offsets)
-        self.starts = [s for s, _ in offsets]
-        # Running max of token ends: monotone even if a tokenizer reports overlapping pieces (byte fallback).
-        self.reach = list(accumulate((e for _, e in offsets), max))
+        self.starts = list(map(itemgetter(0), offsets))
+        self.whitespace_exact = _splits_at_whitespace(tokenizer)
+        # Running max of token ends: monotone even if a tokenizer reports overlapping pieces (byte fallback);
+        # usually the ends already are, and checking that is 5x cheaper than the running max.
+        ends = list(map(itemgetter(1), offsets))
+        self.reach = ends if all(map(le, ends, islice(ends, 1, None))) else list(accumulate(ends, max))
 
         paragraphs, lines, heading_chars = _line_structure(text)
         heading_zones = _heading_zones(heading_chars, sorted(paragraphs + lines), len(text))
@@ -125,12 +162,25 @@ class _Layout:
         return k >= 0 and i <= self.zones[k][1]
 
     def _cuts(self, chars: Iterable[int]) -> list[int]:
-        tokens = dict.fromkeys(self.token_at(c) for c in chars)
+        tokens = dict.fromkeys(map(partial(bisect_right, self.reach), chars))  # token_at, without a call per char
         return [i for i in tokens if self.cuttable(i) and not self.forbidden(i)]
+
+    def exact_count(self, char_start: int, char_end: int) -> int | None:
+        """Tokens of text[char_start:char_end] on its own, when the whole-text offsets prove it; else None."""
+        if char_end <= char_start:
+            return 0
+        if not self.whitespace_exact:
+            return None
+        text = self.text
+        if char_start > 0 and text[char_start - 1] not in _BERT_WHITESPACE:
+            return None
+        if char_end < len(text) and text[char_end] not in _BERT_WHITESPACE:
+            return None
+        return bisect_left(self.starts, char_end) - bisect_left(self.starts, char_start)
 
     def trimmed(self, start: int, end: int) -> tuple[int, int]:
         """Char span of tokens [start, end), with surrounding whitespace removed."""
-        lo = self.starts[start] if 0 < start < self.n_tokens else (0 if start == 0 else len(self.text))
+        lo = self.starts[start] if start else 0
         hi = self.starts[end] if end < self.n_tokens else len(self.text)
         segment = self.text[lo:hi]
         stripped = segment.strip()
@@ -146,38 +196,41 @@ class _Layout:
             if start + budget <= fresh:  # the overlap alone no longer fits: drop it
                 start = fresh
                 budget = min(budget, budgets.get(start, self.max_tokens))
-            end, clean = self._cut(start, fresh, max(start + budget, fresh + 1))
-            next_start = end if clean else self._overlap_start(start, end)
+            end = self._cut(start, fresh, max(start + budget, fresh + 1))
+            # A new section starts clean: no overlap across a cut before a heading.
+            k = bisect_left(self.zone_starts, end)
+            at_heading = k < len(self.zone_starts) and self.zone_starts[k] == end
+            next_start = end if at_heading else self._overlap_start(start, end)
             yield start, end, fresh, next_start
             if end >= self.n_tokens:
                 return
             start, fresh = next_start, end
 
-    def _cut(self, start: int, fresh: int, limit: int) -> tuple[int, bool]:
-        """Where the chunk beginning at `start` ends, and whether the next one starts there without overlap."""
+    def _cut(self, start: int, fresh: int, limit: int) -> int:
+        """Where the chunk beginning at `start` (new text from `fresh`) ends, at most at `limit`."""
         # A heading ends the chunk once a quarter's worth of new text precedes it, even if the rest would fit.
         k = bisect_left(self.headings, fresh + max(1, self.max_tokens // 4))
         if k < len(self.headings) and self.headings[k] <= limit:
-            return self.headings[k], True
+            return self.headings[k]
         if limit >= self.n_tokens:
-            return self.n_tokens, True
+            return self.n_tokens
         half = max(fresh + 1, start + (limit - start) // 2)
         for lo in (half, fresh + 1):  # prefer a chunk at least half full, then anything but a token split
             for cuts in self.levels:
                 k = bisect_right(cuts, limit) - 1
                 if k >= 0 and cuts[k] >= lo:
-                    return cuts[k], False
+                    return cuts[k]
             word = self._scan(lo, limit, words_only=True)
             if word is not None:
-                return word, False
+                return word
         token = self._scan(fresh + 1, limit, words_only=False)
         if token is not None:
-            return token, False
+            return token
         # Only heading lines (and their zones) in reach: cutting before a heading beats cutting inside one.
         k = bisect_right(self.zone_starts, limit) - 1
         if k >= 0 and self.zone_starts[k] > fresh and self.cuttable(self.zone_starts[k]):
-            return self.zone_starts[k], False
-        return next((i for i in range(limit, fresh, -1) if self.cuttable(i)), limit), False
+            return self.zone_starts[k]
+        return next((i for i in range(limit, fresh, -1) if self.cuttable(i)), limit)
 
     def _scan(self, lo: int, hi: int, *, words_only: bool) -> int | None:
         """Latest allowed cut in [lo, hi] that starts a word (or any token boundary when not `words_only`)."""
@@ -193,7 +246,7 @@ class _Layout:
         return self.text[s - 1].isspace() or self.text[s].isspace()
 
     def _overlap_start(self, start: int, end: int) -> int:
-        """Start of the next chunk: about `overlap_tokens` before `end`, snapped forward to a line/sentence/word start."""
+        """Next chunk's start: ~`overlap_tokens` before `end`, snapped forward to a line/sentence/word start."""
         lo = max(end - self.overlap_tokens, start + 1)
         if self.overlap_tokens == 0 or lo >= end:
             return end

@@ -1,8 +1,10 @@
 """`kb ingest`: folders in, documents + chunks + gold labels out, incrementally and crash-safe.
 
-Each batch of documents is one transaction (a savepoint per document inside it), so a crash leaves
-whole documents or none; an interrupted run is simply repeated. Files that fail to parse are
-recorded in ingest_errors and never touch what is already stored for them.
+Each batch of documents is one transaction, so a crash leaves whole documents or none; an interrupted
+run is simply repeated. New documents go in with a few multi-row statements; changed ones, and new ones
+that race another process for the same file, get a savepoint each. Files that fail to parse are
+recorded in ingest_errors and never touch what is already stored for them. Small Markdown and text
+files are parsed in this process, everything else in sandboxed worker processes.
 """
 
 from __future__ import annotations
@@ -21,7 +23,8 @@ from kb_pipeline.backbone.tokenizer import chunk_tokenizer
 from kb_pipeline.config import Settings
 from kb_pipeline.ingest.chunking import chunk_text
 from kb_pipeline.ingest.front_matter import labels_from_metadata
-from kb_pipeline.ingest.readers import ParsedDocument, ReadError, SandboxedReader
+from kb_pipeline.ingest.readers import ParsedDocument, ReadError, parses_in_process
+from kb_pipeline.ingest.sandbox import SandboxedReader
 from kb_pipeline.ingest.sources import FileEntry, file_sha256, in_scope, is_unchanged_fast, scan, source_root_and_scope
 from kb_pipeline.store import repo
 from kb_pipeline.store.db import session_factory
@@ -55,7 +58,7 @@ class _Pending:
 
 def ingest(settings: Settings, paths: list[Path], progress: ProgressFn | None = None) -> IngestReport:
     started = time.perf_counter()
-    resolved = [_checked(Path(p)) for p in paths]
+    resolved = check_paths(paths)
     Session = session_factory(settings)
     with Session.begin() as session:
         report = IngestReport(run_id=repo.start_run(session, [str(p) for p in resolved]))
@@ -103,7 +106,8 @@ def ingest(settings: Settings, paths: list[Path], progress: ProgressFn | None = 
 
             batch: list[tuple[_Pending, repo.NewDocument]] = []
             by_path = {p.entry.path: p for p in pending}
-            for path, result in reader.read_many([p.entry.path for p in pending]):
+            in_process = lambda path: parses_in_process(path, by_path[path].entry.size)  # noqa: E731
+            for path, result in reader.read_many(list(by_path), in_process=in_process):
                 item = by_path[path]
                 done += 1
                 if progress:
@@ -137,6 +141,11 @@ def ingest(settings: Settings, paths: list[Path], progress: ProgressFn | None = 
             session, report.run_id, {k: report.counts.get(k, 0) for k in COUNT_KEYS}, report.seconds
         )
     return report
+
+
+def check_paths(paths: list[Path]) -> list[Path]:
+    """Absolute paths, or IngestPathError naming the first that does not exist (nothing written yet)."""
+    return [_checked(Path(p)) for p in paths]
 
 
 def _checked(path: Path) -> Path:
@@ -179,8 +188,21 @@ def _new_document(entry: FileEntry, parsed: ParsedDocument, tokenizer, settings:
 
 
 def _write_batch(Session, source_id: int, batch: list[tuple[_Pending, repo.NewDocument]], report: IngestReport) -> None:
-    """One transaction per batch; a document another process inserted meanwhile becomes an update."""
+    """One transaction per batch; a document another process inserted meanwhile becomes an update.
+
+    New documents go in with a few multi-row statements (repo.insert_documents). If one of them races
+    another ingest of the same folder, that attempt leaves nothing behind and every document of the
+    batch gets its own savepoint instead, as before.
+    """
     with Session.begin() as session:
+        new = [doc for item, doc in batch if item.known_id is None]
+        try:
+            repo.insert_documents(session, source_id, new)
+        except IntegrityError:
+            pass  # nothing of the batch was written: one savepoint per document below sorts out the race
+        else:
+            report.counts["added"] += len(new)
+            batch = [(item, doc) for item, doc in batch if item.known_id is not None]
         for item, doc in batch:
             try:
                 repo.write_document(session, source_id, doc, item.known_id)

@@ -77,12 +77,12 @@ def current_revision(database_url: str) -> str | None:
         return MigrationContext.configure(conn).get_current_revision()
 
 
-def upgrade(database_url: str) -> None:
+def upgrade(database_url: str, revision: str = "head") -> None:
     """`alembic upgrade head` on the configured database (what `kb init` runs)."""
     cfg = alembic_config(database_url)
     with get_engine(database_url).begin() as conn:
         cfg.attributes["connection"] = conn
-        command.upgrade(cfg, "head")
+        command.upgrade(cfg, revision)
 
 
 def ensure_schema(settings: Settings, *, auto_upgrade: bool = True) -> None:

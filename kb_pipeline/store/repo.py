@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Iterable, NamedTuple, Sequence
 
@@ -107,24 +108,68 @@ def known_files(session: Session, source_id: int, scope: str) -> dict[str, Store
 # --- documents -----------------------------------------------------------------------------------
 
 
+def insert_documents(session: Session, source_id: int, docs: Sequence[NewDocument]) -> list[int]:
+    """Insert new documents with their chunks and labels; returns their ids in order.
+
+    One multi-row statement per table instead of an ORM flush and a savepoint per document (about 3 ms
+    each). It runs in one savepoint, so when any URI is already taken (another process ingesting the same
+    folder) the IntegrityError leaves nothing behind and the caller can fall back to write_document.
+    """
+    if not docs:
+        return []
+    now = utcnow()
+    rows = [
+        {
+            "source_id": source_id,
+            "uri": doc.uri,
+            "version": 1,
+            **_document_values(doc, now),
+            "metadata": _jsonable(doc.metadata),  # the column behind Document.meta
+            "created_at": now,
+        }
+        for doc in docs
+    ]
+    with session.begin_nested():
+        # Matched back by URI: asking for rows in parameter order makes SQLite insert them one at a time.
+        returning = insert(Document.__table__).returning(Document.uri, Document.id)
+        inserted = dict(session.execute(returning, rows).all())
+        ids = [inserted[doc.uri] for doc in docs]
+        pairs = list(zip(ids, docs))
+        _insert_rows(session, Chunk, [dict(chunk, document_id=i) for i, doc in pairs for chunk in doc.chunks])
+        labels = [(i, doc.category, doc.summary) for i, doc in pairs if doc.category or doc.summary]
+        _insert_rows(session, GoldLabel, [{"document_id": i, "category": c, "summary": s} for i, c, s in labels])
+        _insert_rows(session, GoldTag, [{"document_id": i, "tag": tag} for i, doc in pairs for tag in doc.tags])
+        _insert_rows(session, DocumentAcl, [{"document_id": i, "group_name": g} for i, doc in pairs for g in doc.acl])
+    return ids
+
+
+def _insert_rows(session: Session, model: type, rows: list[dict[str, Any]]) -> None:
+    if rows:
+        session.execute(insert(model.__table__), rows)
+
+
+def _document_values(doc: NewDocument, now: datetime) -> dict[str, Any]:
+    """Columns every write of a document sets; all but meta, whose column is named differently."""
+    return dict(
+        path=doc.path,
+        title=doc.title[:512],
+        mime=doc.mime,
+        size=doc.size,
+        mtime=doc.mtime,
+        content_sha256=doc.sha256,
+        status="active",
+        text=doc.text,
+        updated_at=now,
+    )
+
+
 def write_document(session: Session, source_id: int, doc: NewDocument, existing_id: int | None) -> int:
     """Insert or replace one document with its chunks and labels; returns the document id.
 
     Runs inside a savepoint so a failure leaves neither a half-written document nor a broken batch.
     """
     with session.begin_nested():
-        values = dict(
-            path=doc.path,
-            title=doc.title[:512],
-            mime=doc.mime,
-            size=doc.size,
-            mtime=doc.mtime,
-            content_sha256=doc.sha256,
-            status="active",
-            meta=_jsonable(doc.metadata),
-            text=doc.text,
-            updated_at=utcnow(),
-        )
+        values = dict(_document_values(doc, utcnow()), meta=_jsonable(doc.metadata))
         if existing_id is None:
             row = Document(source_id=source_id, uri=doc.uri, version=1, **values)
             session.add(row)

@@ -11,6 +11,7 @@ from typing import Any
 
 from sqlalchemy import (
     JSON,
+    LargeBinary,
     BigInteger,
     CheckConstraint,
     DateTime,
@@ -164,3 +165,118 @@ class IngestError(Base):
 
 
 Index("ix_documents_sha", Document.content_sha256)
+
+
+class AdapterVersion(Base):
+    """One trained adapter (+ head) for one task on one backbone, with its validation metrics.
+
+    At most one version per (task, backbone hash) is `active`; the promotion gate in
+    kb_pipeline.training.registry decides which.
+    """
+
+    __tablename__ = "adapter_versions"
+    __table_args__ = (CheckConstraint("status IN ('candidate', 'active', 'retired')", name="status"),)
+
+    id: Mapped[int] = mapped_column(IdType, primary_key=True)
+    task: Mapped[str] = mapped_column(String(32), index=True)
+    kind: Mapped[str] = mapped_column(String(32))
+    backbone: Mapped[str] = mapped_column(String(512))
+    backbone_hash: Mapped[str] = mapped_column(String(64), index=True)
+    adapter_config: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    train_config: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    adapter_params: Mapped[int] = mapped_column(BigInteger)
+    head_params: Mapped[int] = mapped_column(BigInteger)
+    backbone_params: Mapped[int] = mapped_column(BigInteger)
+    path: Mapped[str] = mapped_column(String(2048))
+    size_bytes: Mapped[int] = mapped_column(BigInteger)
+    primary_metric: Mapped[str] = mapped_column(String(64))
+    metrics: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    baseline: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    history: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    train_documents: Mapped[int] = mapped_column(Integer, default=0)
+    val_documents: Mapped[int] = mapped_column(Integer, default=0)
+    data_hash: Mapped[str] = mapped_column(String(64))
+    status: Mapped[str] = mapped_column(String(16), default="candidate", index=True)
+    reason: Mapped[str] = mapped_column(Text, default="")
+    seconds: Mapped[float] = mapped_column(Float, default=0.0)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    promoted_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+# --- derived outputs (enrichment), each carrying the adapter and document version it came from ---
+
+
+class PredictedLabel(Base):
+    """A model's category or tag for a document, kept apart from gold labels."""
+
+    __tablename__ = "predicted_labels"
+    __table_args__ = (CheckConstraint("kind IN ('category', 'tag')", name="kind"),)
+
+    document_id: Mapped[int] = mapped_column(
+        ForeignKey("documents.id", ondelete="CASCADE"), primary_key=True
+    )
+    kind: Mapped[str] = mapped_column(String(16), primary_key=True)
+    label: Mapped[str] = mapped_column(String(128), primary_key=True, index=True)
+    score: Mapped[float] = mapped_column(Float)
+    adapter_version: Mapped[int] = mapped_column(Integer)
+    document_version: Mapped[int] = mapped_column(Integer)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class PredictedSummary(Base):
+    __tablename__ = "predicted_summaries"
+
+    document_id: Mapped[int] = mapped_column(
+        ForeignKey("documents.id", ondelete="CASCADE"), primary_key=True
+    )
+    summary: Mapped[str] = mapped_column(Text)
+    adapter_version: Mapped[int] = mapped_column(Integer)
+    document_version: Mapped[int] = mapped_column(Integer)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class ChunkEmbedding(Base):
+    """A chunk's vector under one embedder, so an index can be rebuilt without re-encoding.
+
+    embed_key names the embedder: "adapter:<version>" or "backbone:<weights hash>" (untuned).
+    """
+
+    __tablename__ = "chunk_embeddings"
+
+    chunk_id: Mapped[int] = mapped_column(ForeignKey("chunks.id", ondelete="CASCADE"), primary_key=True)
+    embed_key: Mapped[str] = mapped_column(String(96), primary_key=True, index=True)
+    document_version: Mapped[int] = mapped_column(Integer)
+    dim: Mapped[int] = mapped_column(Integer)
+    vector: Mapped[bytes] = mapped_column(LargeBinary)  # float32, little-endian, L2-normalised
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class IndexBuild(Base):
+    """One FAISS index file written under KB_HOME/index/, and what it holds."""
+
+    __tablename__ = "index_builds"
+    __table_args__ = (CheckConstraint("status IN ('building', 'ready', 'replaced', 'failed')", name="status"),)
+
+    id: Mapped[int] = mapped_column(IdType, primary_key=True)
+    embed_key: Mapped[str] = mapped_column(String(96), index=True)
+    kind: Mapped[str] = mapped_column(String(16))
+    path: Mapped[str] = mapped_column(String(2048))
+    count: Mapped[int] = mapped_column(Integer, default=0)
+    checksum: Mapped[str] = mapped_column(String(64), default="")
+    status: Mapped[str] = mapped_column(String(16), default="building", index=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class User(Base):
+    __tablename__ = "users"
+
+    name: Mapped[str] = mapped_column(String(128), primary_key=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class UserGroup(Base):
+    __tablename__ = "user_groups"
+
+    user_name: Mapped[str] = mapped_column(ForeignKey("users.name", ondelete="CASCADE"), primary_key=True)
+    group_name: Mapped[str] = mapped_column(String(128), primary_key=True, index=True)

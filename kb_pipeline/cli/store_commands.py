@@ -1,81 +1,16 @@
-"""`kb`: the command line. Thin: every command calls library functions and renders their result."""
+"""`kb init`, `kb ingest` and the commands that read what ingestion stored."""
 
 from __future__ import annotations
 
-import functools
-import json
-import sys
 from pathlib import Path
-from typing import Any, Callable, List, Optional
+from typing import List, Optional
 
 import typer
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
-from kb_pipeline.config import ConfigError, Settings
-
-app = typer.Typer(help="Turn a folder of documents into a searchable, auto-tagged knowledge base.", no_args_is_help=True)
-out = Console()
-err = Console(stderr=True)
-
-JsonOpt = typer.Option(False, "--json", help="Print machine-readable JSON to stdout.")
-
-
-class UserError(Exception):
-    """An error whose message is meant for the user as is (exit code 1, no traceback)."""
-
-
-def _user_errors() -> tuple[type[BaseException], ...]:
-    from kb_pipeline.backbone.paths import BackboneError
-    from kb_pipeline.ingest.pipeline import IngestPathError
-    from kb_pipeline.store.db import SchemaError
-
-    return (UserError, ConfigError, SchemaError, IngestPathError, BackboneError)
-
-
-def command(fn: Callable) -> Callable:
-    """Register a command that turns known errors into one clear line on stderr and exit code 1."""
-
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        try:
-            return fn(*args, **kwargs)
-        except _user_errors() as exc:
-            err.print(f"[red]error:[/red] {exc}", highlight=False)
-            raise typer.Exit(1) from None
-
-    return wrapper
-
-
-def emit_json(data: Any) -> None:
-    sys.stdout.write(json.dumps(data, ensure_ascii=False, default=str) + "\n")
-
-
-def settings() -> Settings:
-    return Settings.from_env()
-
-
-def ready_settings() -> Settings:
-    """Settings for a command that needs an initialised, up-to-date database."""
-    from kb_pipeline.store.db import ensure_schema
-
-    s = settings()
-    ensure_schema(s)
-    return s
-
-
-def progress_bar() -> Progress:
-    """Progress on stderr so stdout stays clean for --json."""
-    return Progress(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("{task.fields[detail]}", style="dim"),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
-        console=err,
-    )
+from kb_pipeline.cli.common import (
+    JsonOpt, UserError, app, command, emit_json, err, out, progress_bar, ready_settings, safe_url, settings,
+)
 
 
 @app.command()
@@ -89,7 +24,7 @@ def init(json_out: bool = JsonOpt) -> None:
     before = current_revision(s.database_url)
     upgrade(s.database_url)
     after = current_revision(s.database_url)
-    info = {"home": str(s.home), "database": _safe_url(s.database_url), "revision": after, "previous_revision": before}
+    info = {"home": str(s.home), "database": safe_url(s.database_url), "revision": after, "previous_revision": before}
     if json_out:
         emit_json(info)
     else:
@@ -104,8 +39,9 @@ def ingest(
     json_out: bool = JsonOpt,
 ) -> None:
     """Ingest md, txt, html, pdf and docx files; unchanged files are skipped, vanished ones tombstoned."""
-    from kb_pipeline.ingest.pipeline import ingest as run_ingest
+    from kb_pipeline.ingest.pipeline import check_paths, ingest as run_ingest
 
+    check_paths(paths)
     s = ready_settings()
     with progress_bar() as bar:
         task = bar.add_task("ingest", total=None, detail="scanning")
@@ -142,12 +78,18 @@ def docs(json_out: bool = JsonOpt) -> None:
     if json_out:
         emit_json(rows)
         return
-    table = Table("id", "title", "type", "chunks", "category", "tags", "path")
+    wide = out.width >= 150  # paths only when they fit; `kb docs --json` always has them
+    table = Table()
+    for name, width in (("id", 4), ("type", 4), ("chunks", 6), ("category", 13)):
+        table.add_column(name, no_wrap=True, min_width=width)
+    table.add_column("title", max_width=44, no_wrap=True, overflow="ellipsis")
+    table.add_column("tags", max_width=30, no_wrap=True, overflow="ellipsis")
+    if wide:
+        table.add_column("path", max_width=48, no_wrap=True, overflow="ellipsis")
     for r in rows:
-        table.add_row(
-            str(r["id"]), r["title"], r["mime"].split("/")[-1][:12], str(r["chunks"]),
-            r["category"] or "", ", ".join(r["tags"]), _short_path(r["path"]),
-        )
+        cells = [str(r["id"]), _short_mime(r["mime"]), str(r["chunks"]), r["category"] or "", r["title"],
+                 ", ".join(r["tags"])]
+        table.add_row(*cells, *([_short_path(r["path"])] if wide else []))
     out.print(table)
     out.print(f"{len(rows)} documents")
 
@@ -207,7 +149,7 @@ def stats(json_out: bool = JsonOpt) -> None:
 
     s = ready_settings()
     with session_factory(s)() as session:
-        data = {"home": str(s.home), "database": _safe_url(s.database_url), **repo.stats(session)}
+        data = {"home": str(s.home), "database": safe_url(s.database_url), **repo.stats(session)}
     if json_out:
         emit_json(data)
         return
@@ -249,10 +191,16 @@ def errors(
     if not rows:
         out.print("No ingest errors.")
         return
-    table = Table("kind", "path", "message")
-    for r in rows:
-        table.add_row(r["kind"], r["path"], r["message"].split(": ", 1)[-1])
-    out.print(table)
+    for r in rows:  # one error per entry, paths unbroken so they can be copied
+        out.print(f"[yellow]{r['kind']}[/yellow] {r['path']}", soft_wrap=True, highlight=False)
+        out.print(f"    {r['message'].split(': ', 1)[-1]}", soft_wrap=True, highlight=False)
+    out.print(f"{len(rows)} file(s) could not be ingested")
+
+
+def _short_mime(mime: str) -> str:
+    return {"text/markdown": "md", "text/plain": "txt", "text/html": "html", "application/pdf": "pdf"}.get(
+        mime, "docx" if "wordprocessingml" in mime else mime
+    )
 
 
 def _short_path(path: str) -> str:
@@ -260,13 +208,3 @@ def _short_path(path: str) -> str:
         return str(Path(path).relative_to(Path.cwd()))
     except ValueError:
         return path
-
-
-def _safe_url(url: str) -> str:
-    from sqlalchemy.engine import make_url
-
-    return make_url(url).render_as_string(hide_password=True)
-
-
-if __name__ == "__main__":  # pragma: no cover
-    app()

@@ -1,0 +1,164 @@
+"""`kb train` and `kb adapters`: training task adapters and managing their versions."""
+
+from __future__ import annotations
+
+from enum import Enum
+from typing import Optional
+
+import typer
+from rich.table import Table
+
+from kb_pipeline.cli.common import (
+    EXTRA_USER_ERRORS, JsonOpt, UserError, app, command, emit_json, err, out, progress_bar, ready_settings,
+)
+from kb_pipeline.training.registry import TASKS, RegistryError
+
+EXTRA_USER_ERRORS.append(RegistryError)
+
+adapters_app = typer.Typer(help="List, promote and roll back adapter versions.", invoke_without_command=True)
+app.add_typer(adapters_app, name="adapters")
+
+
+class TaskChoice(str, Enum):
+    classify = "classify"
+    embed = "embed"
+    summarise = "summarise"
+    all = "all"
+
+
+class KindChoice(str, Enum):
+    lora = "lora"
+    bottleneck = "bottleneck"
+
+
+@app.command()
+@command
+def train(
+    task: TaskChoice = typer.Argument(..., help="classify, embed, summarise or all."),
+    kind: Optional[KindChoice] = typer.Option(None, "--kind", help="Adapter kind (default: lora)."),
+    epochs: Optional[int] = typer.Option(None, "--epochs", min=1, help="Maximum epochs (early stopping may end sooner)."),
+    json_out: bool = JsonOpt,
+) -> None:
+    """Train task adapters on the frozen backbone; a version goes live only if it is at least as good."""
+    from kb_pipeline.training.service import train_tasks
+
+    s = ready_settings()
+    tasks = list(TASKS) if task is TaskChoice.all else [task.value]
+    with progress_bar() as bar:
+        bars = {t: bar.add_task(t, total=None, detail="waiting") for t in tasks}
+
+        def on_step(t: str, step: int, total: int, loss: float) -> None:
+            bar.update(bars[t], completed=step, total=total, detail=f"loss {loss:.4f}")
+
+        outcomes = train_tasks(s, tasks, kind=kind.value if kind else None, epochs=epochs, on_step=on_step)
+    if json_out:
+        emit_json([o.as_dict() for o in outcomes])
+    else:
+        _print_outcomes(outcomes)
+    missing = [o for o in outcomes if not o.trained]
+    for o in missing:
+        err.print(f"[yellow]{o.task} not trained:[/yellow] {o.message}", highlight=False)
+    if missing and (task is not TaskChoice.all or len(missing) == len(outcomes)):
+        raise typer.Exit(1)
+
+
+def _print_outcomes(outcomes) -> None:
+    table = Table("task", "version", "status", "kind", "metric", "tuned", "baseline", "active before",
+                  "adapter params", "head params", "size", "seconds")
+    for o in outcomes:
+        if not o.trained:
+            continue
+        m = o.primary_metric
+        before = f"{o.active_before[m]:.4f}" if o.active_before else "-"
+        table.add_row(
+            o.task, str(o.version), o.status, o.kind, m, f"{o.metrics[m]:.4f}", f"{o.baseline[m]:.4f}", before,
+            f"{o.adapter_params:,} ({o.adapter_share:.3%} of {o.backbone_params:,})", f"{o.head_params:,}",
+            f"{o.size_bytes / 1e6:.2f} MB", f"{o.seconds:.0f}",
+        )
+    out.print(table)
+    for o in outcomes:
+        if o.trained:
+            others = ", ".join(f"{k} {v:.4f}" for k, v in o.metrics.items() if isinstance(v, float) and k != o.primary_metric)
+            out.print(f"{o.task} v{o.version}: {o.message}" + (f" ({others})" if others else ""), highlight=False)
+
+
+@adapters_app.callback()
+@command
+def adapters(ctx: typer.Context, json_out: bool = JsonOpt) -> None:
+    """List adapter versions (all tasks, newest first)."""
+    if ctx.invoked_subcommand is not None:
+        return
+    from kb_pipeline.store.db import session_factory
+    from kb_pipeline.training import registry
+
+    s = ready_settings()
+    with session_factory(s)() as session:
+        rows = [_version_dict(v) for v in registry.list_versions(session)]
+    if json_out:
+        emit_json(rows)
+        return
+    if not rows:
+        out.print("No adapters yet: run `kb train all`.")
+        return
+    table = Table("version", "task", "kind", "status", "metric", "value", "baseline", "adapter params", "size",
+                  "backbone", "created", "reason")
+    for r in rows:
+        m = r["primary_metric"]
+        table.add_row(
+            str(r["version"]), r["task"], r["kind"], r["status"], m, f"{r['metrics'].get(m, 0):.4f}",
+            f"{r['baseline'].get(m, 0):.4f}", f"{r['adapter_params']:,} ({r['adapter_share']:.2%})",
+            f"{r['size_bytes'] / 1e6:.2f} MB", f"{r['backbone']} {r['backbone_hash'][:8]}", r["created_at"][:19],
+            r["reason"],
+        )
+    out.print(table)
+
+
+@adapters_app.command()
+@command
+def promote(version: int = typer.Argument(..., help="Version id from `kb adapters`."), json_out: bool = JsonOpt) -> None:
+    """Make a version active by hand (retires the task's current active version)."""
+    from kb_pipeline.store.db import session_factory
+    from kb_pipeline.training import registry
+
+    s = ready_settings()
+    with session_factory(s).begin() as session:
+        row = _version_dict(registry.promote(session, version))
+    _report(row, json_out, "is now active")
+
+
+@adapters_app.command()
+@command
+def rollback(
+    task: str = typer.Argument(..., help="classify, embed or summarise."),
+    backbone_hash: Optional[str] = typer.Option(None, "--backbone-hash", help="Only needed with several backbones."),
+    json_out: bool = JsonOpt,
+) -> None:
+    """Retire the active version of TASK and bring back the one active before it."""
+    from kb_pipeline.store.db import session_factory
+    from kb_pipeline.training import registry
+
+    s = ready_settings()
+    with session_factory(s).begin() as session:
+        row = _version_dict(registry.rollback(session, task, backbone_hash))
+    _report(row, json_out, "is active again")
+
+
+def _report(row: dict, json_out: bool, what: str) -> None:
+    if json_out:
+        emit_json(row)
+    else:
+        out.print(f"{row['task']} version {row['version']} {what}.", highlight=False)
+
+
+def _version_dict(v) -> dict:
+    return {
+        "version": v.id, "task": v.task, "kind": v.kind, "status": v.status, "reason": v.reason,
+        "backbone": v.backbone, "backbone_hash": v.backbone_hash, "primary_metric": v.primary_metric,
+        "metrics": v.metrics, "baseline": v.baseline, "adapter_params": v.adapter_params,
+        "head_params": v.head_params, "backbone_params": v.backbone_params,
+        "adapter_share": v.adapter_params / v.backbone_params if v.backbone_params else 0.0,
+        "size_bytes": v.size_bytes, "path": v.path, "adapter_config": v.adapter_config,
+        "train_config": v.train_config, "train_documents": v.train_documents, "val_documents": v.val_documents,
+        "seconds": v.seconds, "created_at": v.created_at.isoformat(),
+        "promoted_at": v.promoted_at.isoformat() if v.promoted_at else None,
+    }

@@ -1,0 +1,62 @@
+"""`kb export`: every active document with its gold labels beside the model's predictions."""
+
+from __future__ import annotations
+
+from typing import Iterator
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from kb_pipeline.store.schema import Document, GoldLabel, GoldTag, PredictedLabel, PredictedSummary
+
+
+def export_rows(session: Session, batch: int = 500) -> Iterator[dict]:
+    """Streams documents in id order, a few queries per batch whatever the KB size."""
+    last = 0
+    while True:
+        docs = session.scalars(
+            select(Document).where(Document.status == "active", Document.id > last).order_by(Document.id).limit(batch)
+        ).all()
+        if not docs:
+            return
+        ids = [d.id for d in docs]
+        gold = {g.document_id: g for g in session.scalars(select(GoldLabel).where(GoldLabel.document_id.in_(ids)))}
+        gold_tags: dict[int, list[str]] = {}
+        for doc_id, tag in session.execute(select(GoldTag.document_id, GoldTag.tag).where(GoldTag.document_id.in_(ids)).order_by(GoldTag.tag)):
+            gold_tags.setdefault(doc_id, []).append(tag)
+        labels: dict[int, list[PredictedLabel]] = {}
+        for p in session.scalars(select(PredictedLabel).where(PredictedLabel.document_id.in_(ids)).order_by(PredictedLabel.score.desc())):
+            labels.setdefault(p.document_id, []).append(p)
+        summaries = {s.document_id: s for s in session.scalars(select(PredictedSummary).where(PredictedSummary.document_id.in_(ids)))}
+        for d in docs:
+            yield _row(d, gold.get(d.id), gold_tags.get(d.id, []), labels.get(d.id, []), summaries.get(d.id))
+        last = ids[-1]
+
+
+def _row(doc: Document, gold: GoldLabel | None, gold_tags: list[str], labels: list, summary) -> dict:
+    category = next((p for p in labels if p.kind == "category"), None)
+    tags = [p for p in labels if p.kind == "tag"]
+    return {
+        "id": doc.id,
+        "path": doc.path,
+        "title": doc.title,
+        "version": doc.version,
+        "gold": {
+            "category": gold.category if gold else None,
+            "tags": gold_tags,
+            "summary": gold.summary if gold else None,
+        },
+        "predicted": {
+            "category": category.label if category else None,
+            "category_score": round(category.score, 6) if category else None,
+            "tags": [{"tag": p.label, "score": round(p.score, 6)} for p in tags],
+            "summary": summary.summary if summary else None,
+        },
+        "adapter_versions": {
+            "classify": category.adapter_version if category else None,
+            "summarise": summary.adapter_version if summary else None,
+        },
+        "stale": bool(
+            (category and category.document_version != doc.version) or (summary and summary.document_version != doc.version)
+        ),
+    }

@@ -1,0 +1,203 @@
+"""Hybrid search: keyword (the database's full-text engine) + dense (FAISS), fused by reciprocal rank.
+
+Filters and access control come first: the SQL that finds keyword hits and the set of chunk ids
+handed to FAISS (as an IDSelector) both contain only chunks the user may read and that match the
+tag/category filters, so k results come back whenever k allowed documents exist and nothing
+forbidden can be ranked at all.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import numpy as np
+from sqlalchemy import Float, Integer, and_, func, or_, select, text
+from sqlalchemy.orm import Session
+
+from kb_pipeline.store import derived
+from kb_pipeline.store.schema import Chunk, Document, GoldLabel, GoldTag, PredictedLabel, PredictedSummary
+
+RRF_K = 60  # the constant from Cormack et al.; damps the difference between top ranks
+MODES = ("hybrid", "dense", "keyword")
+_WORD = re.compile(r"\w+", re.UNICODE)
+
+
+class SearchError(ValueError):
+    """A search that cannot run as asked (unknown user, bad mode); the message says why."""
+
+
+@dataclass(frozen=True)
+class Filters:
+    tags: tuple[str, ...] = ()
+    category: str | None = None
+    groups: tuple[str, ...] | None = None  # None: anonymous, sees only documents without an ACL
+
+
+@dataclass
+class Hit:
+    doc_id: int
+    chunk_id: int
+    score: float
+    ranks: dict = field(default_factory=dict)
+
+
+def allowed_condition(filters: Filters):
+    """SQL condition on Document for everything a search may return."""
+    conditions = [Document.status == "active", derived.readable_filter(filters.groups)]
+    if filters.category:
+        category = filters.category.lower()
+        gold = select(GoldLabel.document_id).where(GoldLabel.document_id == Document.id, GoldLabel.category == category)
+        predicted = select(PredictedLabel.document_id).where(
+            PredictedLabel.document_id == Document.id, PredictedLabel.kind == "category", PredictedLabel.label == category
+        )
+        conditions.append(or_(gold.exists(), predicted.exists()))
+    for tag in filters.tags:
+        tag = tag.lower()
+        gold = select(GoldTag.document_id).where(GoldTag.document_id == Document.id, GoldTag.tag == tag)
+        predicted = select(PredictedLabel.document_id).where(
+            PredictedLabel.document_id == Document.id, PredictedLabel.kind == "tag", PredictedLabel.label == tag
+        )
+        conditions.append(or_(gold.exists(), predicted.exists()))
+    return and_(*conditions)
+
+
+def allowed_chunk_ids(session: Session, filters: Filters) -> np.ndarray:
+    query = select(Chunk.id).join(Document, Document.id == Chunk.document_id).where(allowed_condition(filters))
+    return np.fromiter(session.scalars(query.order_by(Chunk.id)), dtype=np.int64)
+
+
+def keyword_hits(session: Session, query: str, filters: Filters, limit: int) -> list[tuple[int, int, float]]:
+    """(chunk id, doc id, score) best first, from SQLite FTS5 (bm25) or Postgres full text (ts_rank_cd)."""
+    words = [w.lower() for w in _WORD.findall(query)]
+    if not words:
+        return []
+    if session.get_bind().dialect.name == "sqlite":
+        match = " OR ".join(f'"{w}"' for w in words)
+        fts = text("SELECT rowid AS chunk_id, bm25(chunks_fts) AS rank FROM chunks_fts WHERE chunks_fts MATCH :m")
+        fts = fts.columns(chunk_id=Integer, rank=Float).subquery()
+        score = -fts.c.rank  # bm25(): lower is better
+        rows = session.execute(
+            select(Chunk.id, Chunk.document_id, score)
+            .join(fts, fts.c.chunk_id == Chunk.id)
+            .join(Document, Document.id == Chunk.document_id)
+            .where(allowed_condition(filters))
+            .order_by(score.desc(), Chunk.id)
+            .limit(limit),
+            {"m": match},
+        )
+    else:
+        tsquery = func.to_tsquery("english", " | ".join(f"'{w}'" for w in words))
+        vector = func.to_tsvector("english", Chunk.text)
+        score = func.ts_rank_cd(vector, tsquery)
+        rows = session.execute(
+            select(Chunk.id, Chunk.document_id, score)
+            .join(Document, Document.id == Chunk.document_id)
+            .where(vector.op("@@")(tsquery), allowed_condition(filters))
+            .order_by(score.desc(), Chunk.id)
+            .limit(limit)
+        )
+    return [(int(c), int(d), float(s)) for c, d, s in rows]
+
+
+def dense_hits(session: Session, index, query_vector: np.ndarray, allowed: np.ndarray, limit: int) -> list[tuple[int, int, float]]:
+    if not len(allowed):
+        return []
+    scores, ids = index.search(query_vector.reshape(1, -1).astype(np.float32), min(limit, len(allowed)), allowed)
+    found = [(int(i), float(s)) for i, s in zip(ids[0], scores[0]) if i >= 0]
+    owners = dict(session.execute(select(Chunk.id, Chunk.document_id).where(Chunk.id.in_([i for i, _ in found]))).all())
+    return [(cid, owners[cid], score) for cid, score in found if cid in owners]
+
+
+def fuse(ranked_lists: dict[str, list[tuple[int, int, float]]], k: int) -> list[Hit]:
+    """Reciprocal rank fusion per document; each document's best-ranked chunk represents it."""
+    hits: dict[int, Hit] = {}
+    for mode, ranked in ranked_lists.items():
+        seen: set[int] = set()
+        for chunk_id, doc_id, _ in ranked:
+            if doc_id in seen:
+                continue  # a document's first (best) chunk in this list sets its rank
+            seen.add(doc_id)
+            rank = len(seen)
+            hit = hits.setdefault(doc_id, Hit(doc_id, chunk_id, 0.0))
+            hit.score += 1.0 / (RRF_K + rank)
+            if not hit.ranks or rank < min(hit.ranks.values()):
+                hit.chunk_id = chunk_id
+            hit.ranks[mode] = rank
+    return sorted(hits.values(), key=lambda h: (-h.score, h.doc_id))[:k]
+
+
+def search(
+    session: Session, query: str, *, k: int = 10, mode: str = "hybrid", filters: Filters = Filters(),
+    index=None, embed=None,
+) -> list[dict]:
+    """Top-k documents for `query`; `embed(texts) -> (N, dim)` and `index` are needed for dense modes."""
+    if mode not in MODES:
+        raise SearchError(f"unknown mode {mode!r}; expected one of {', '.join(MODES)}")
+    if k < 1:
+        raise SearchError("k must be at least 1")
+    depth = max(50, 5 * k)
+    lists: dict[str, list] = {}
+    if mode in ("hybrid", "keyword"):
+        lists["keyword"] = keyword_hits(session, query, filters, depth)
+    if mode in ("hybrid", "dense"):
+        allowed = allowed_chunk_ids(session, filters)
+        vector = embed([query])[0]
+        while True:  # widen until k distinct documents or every allowed chunk was ranked
+            ranked = dense_hits(session, index, vector, allowed, depth)
+            if len({d for _, d, _ in ranked}) >= k or depth >= len(allowed):
+                break
+            depth *= 4
+        lists["dense"] = ranked
+    hits = fuse(lists, k)
+    return describe(session, hits)
+
+
+def describe(session: Session, hits: Sequence[Hit]) -> list[dict]:
+    """Result rows: doc id, absolute path, title, score, matching chunk snippet, summary and tags."""
+    if not hits:
+        return []
+    doc_ids = [h.doc_id for h in hits]
+    docs = {d.id: d for d in session.scalars(select(Document).where(Document.id.in_(doc_ids)))}
+    chunks = dict(session.execute(select(Chunk.id, Chunk.text).where(Chunk.id.in_([h.chunk_id for h in hits]))).all())
+    gold = {g.document_id: g for g in session.scalars(select(GoldLabel).where(GoldLabel.document_id.in_(doc_ids)))}
+    predicted_summary = dict(session.execute(
+        select(PredictedSummary.document_id, PredictedSummary.summary).where(PredictedSummary.document_id.in_(doc_ids))
+    ).all())
+    tags = document_tags(session, doc_ids)
+    return [
+        {
+            "doc_id": h.doc_id,
+            "path": docs[h.doc_id].path,
+            "title": docs[h.doc_id].title,
+            "score": round(h.score, 6),
+            "chunk_id": h.chunk_id,
+            "snippet": snippet(chunks.get(h.chunk_id, "")),
+            "summary": (gold[h.doc_id].summary if h.doc_id in gold and gold[h.doc_id].summary else None)
+            or predicted_summary.get(h.doc_id),
+            "tags": tags.get(h.doc_id, []),
+            "ranks": h.ranks,
+        }
+        for h in hits
+    ]
+
+
+def document_tags(session: Session, doc_ids: Sequence[int]) -> dict[int, list[str]]:
+    """Gold tags where a person gave them, else the model's predicted tags."""
+    out: dict[int, list[str]] = {}
+    for doc_id, tag in session.execute(select(GoldTag.document_id, GoldTag.tag).where(GoldTag.document_id.in_(doc_ids)).order_by(GoldTag.tag)):
+        out.setdefault(doc_id, []).append(tag)
+    predicted = select(PredictedLabel.document_id, PredictedLabel.label).where(
+        PredictedLabel.document_id.in_(doc_ids), PredictedLabel.kind == "tag"
+    ).order_by(PredictedLabel.score.desc())
+    gold_tagged = set(out)
+    for doc_id, tag in session.execute(predicted):
+        if doc_id not in gold_tagged:
+            out.setdefault(doc_id, []).append(tag)
+    return out
+
+
+def snippet(text: str, limit: int = 280) -> str:
+    flat = " ".join(text.split())
+    return flat if len(flat) <= limit else flat[: limit - 1].rsplit(" ", 1)[0] + "…"

@@ -1,0 +1,159 @@
+"""Database rows -> training examples, with a deterministic train/validation split by document id.
+
+The split hashes the document id, so a document stays on the same side across runs and machines
+(adding documents never moves old ones between train and validation).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from dataclasses import dataclass, field
+from typing import Generic, Sequence, TypeVar
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from kb_pipeline.store.schema import Chunk, Document, GoldLabel, GoldTag
+from kb_pipeline.training.tasks import ClassifyExample, Pair, SummaryExample
+
+VAL_SHARE = 0.2
+_HEADING = re.compile(r"^(#{1,6})\s+(.+?)\s*$")
+
+T = TypeVar("T")
+
+
+@dataclass
+class Split(Generic[T]):
+    train: list[T] = field(default_factory=list)
+    val: list[T] = field(default_factory=list)
+    train_docs: int = 0
+    val_docs: int = 0
+
+    @property
+    def data_hash(self) -> str:
+        """Fingerprint of the examples: a retrain is only worth it when this changes."""
+        payload = json.dumps([[_as_list(x) for x in self.train], [_as_list(x) for x in self.val]], sort_keys=True)
+        return hashlib.sha256(payload.encode()).hexdigest()
+
+
+def _as_list(example) -> list:
+    return [getattr(example, f) for f in example.__dataclass_fields__]
+
+
+def split_fraction(doc_id: int) -> float:
+    digest = hashlib.sha256(f"kb-split:{doc_id}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64
+
+
+def validation_ids(doc_ids: Sequence[int], share: float = VAL_SHARE) -> set[int]:
+    """Documents whose hash falls below `share`; at least one when there are two or more documents."""
+    val = {d for d in doc_ids if split_fraction(d) < share}
+    if not val and len(doc_ids) >= 2:
+        val = {min(doc_ids, key=split_fraction)}
+    if len(val) == len(doc_ids) and len(doc_ids) >= 2:
+        val.discard(max(doc_ids, key=split_fraction))
+    return val
+
+
+def model_input(title: str, text: str) -> str:
+    """What a document looks like to every task: its title, then its text (truncated by the tokenizer)."""
+    body = _strip_leading_heading(text, title)
+    return f"{title}\n\n{body}" if title else body
+
+
+def classify_data(session: Session) -> Split[ClassifyExample]:
+    rows = session.execute(
+        select(Document.id, Document.title, Document.text, GoldLabel.category)
+        .join(GoldLabel, GoldLabel.document_id == Document.id)
+        .where(Document.status == "active", GoldLabel.category.is_not(None))
+        .order_by(Document.id)
+    ).all()
+    tags = _gold_tags(session)
+    examples = {
+        doc_id: ClassifyExample(model_input(title, text), category, tuple(tags.get(doc_id, ())))
+        for doc_id, title, text, category in rows
+    }
+    return _split(examples)
+
+
+def summarise_data(session: Session) -> Split[SummaryExample]:
+    rows = session.execute(
+        select(Document.id, Document.text, GoldLabel.summary)
+        .join(GoldLabel, GoldLabel.document_id == Document.id)
+        .where(Document.status == "active", GoldLabel.summary.is_not(None), GoldLabel.summary != "")
+        .order_by(Document.id)
+    ).all()
+    return _split({doc_id: SummaryExample(text, summary) for doc_id, text, summary in rows})
+
+
+def embed_data(session: Session) -> Split[Pair]:
+    """Query/passage pairs mined from the KB itself: (summary, document), (title, first chunk), (heading, section)."""
+    docs = session.execute(
+        select(Document.id, Document.title, Document.text, GoldLabel.summary)
+        .outerjoin(GoldLabel, GoldLabel.document_id == Document.id)
+        .where(Document.status == "active")
+        .order_by(Document.id)
+    ).all()
+    chunks: dict[int, list[str]] = {}
+    for doc_id, text in session.execute(
+        select(Chunk.document_id, Chunk.text).join(Document).where(Document.status == "active").order_by(
+            Chunk.document_id, Chunk.ordinal
+        )
+    ):
+        chunks.setdefault(doc_id, []).append(text)
+    pairs: dict[int, list[Pair]] = {}
+    for doc_id, title, text, summary in docs:
+        key = str(doc_id)
+        doc_pairs = []
+        if summary:
+            doc_pairs.append(Pair(summary, model_input(title, text), key))
+        doc_chunks = chunks.get(doc_id, [])
+        if title and doc_chunks:
+            first = _strip_leading_heading(doc_chunks[0], title)
+            if first:
+                doc_pairs.append(Pair(title, first, key))
+        for chunk in doc_chunks[1:]:
+            heading, section = _heading_and_section(chunk)
+            if heading and len(section.split()) >= 8:
+                doc_pairs.append(Pair(heading, section, key))
+        if doc_pairs:
+            pairs[doc_id] = doc_pairs
+    split = _split(pairs)
+    split.train = [p for group in split.train for p in group]
+    split.val = [p for group in split.val for p in group]
+    return split
+
+
+def _split(examples: dict[int, T]) -> Split[T]:
+    val_ids = validation_ids(list(examples))
+    split: Split[T] = Split()
+    for doc_id in sorted(examples):
+        (split.val if doc_id in val_ids else split.train).append(examples[doc_id])
+    split.val_docs = len(val_ids)
+    split.train_docs = len(examples) - len(val_ids)
+    return split
+
+
+def _gold_tags(session: Session) -> dict[int, list[str]]:
+    tags: dict[int, list[str]] = {}
+    for doc_id, tag in session.execute(select(GoldTag.document_id, GoldTag.tag).order_by(GoldTag.tag)):
+        tags.setdefault(doc_id, []).append(tag)
+    return tags
+
+
+def _heading_and_section(text: str) -> tuple[str | None, str]:
+    first, _, rest = text.partition("\n")
+    match = _HEADING.match(first)
+    if not match:
+        return None, text
+    return match.group(2), rest.strip()
+
+
+def _strip_leading_heading(text: str, title: str) -> str:
+    """Drop a first line that only repeats the title (it would make (title, chunk) pairs trivial)."""
+    heading, rest = _heading_and_section(text.lstrip())
+    if heading is not None and heading.strip().lower() == title.strip().lower():
+        return rest
+    return text.strip()

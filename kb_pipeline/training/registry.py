@@ -1,0 +1,138 @@
+"""Adapter versions: registration, the promotion gate, manual promotion and rollback.
+
+A version becomes `active` only if it is at least as good as the active one on the same validation
+data (and, for `embed`, at least as good as the untuned backbone); otherwise it stays a `candidate`
+with the reason recorded. Exactly one version per task and backbone is active at a time.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
+
+from kb_pipeline.store.schema import AdapterVersion, utcnow
+
+TASKS = ("classify", "embed", "summarise")
+
+
+class RegistryError(ValueError):
+    """A registry operation that cannot be done; the message says why."""
+
+
+@dataclass(frozen=True)
+class GateDecision:
+    promote: bool
+    reason: str
+
+
+def gate(task: str, primary: str, metrics: dict, baseline: dict, active_now: dict | None) -> GateDecision:
+    """Decide promotion from the new version's metrics and the active version's metrics on the same data."""
+    new = float(metrics[primary])
+    if task == "embed" and new < float(baseline[primary]):
+        return GateDecision(False, f"{primary} {new:.4f} is below the untuned backbone's {float(baseline[primary]):.4f}")
+    if active_now is None:
+        return GateDecision(True, f"first {task} adapter ({primary} {new:.4f})")
+    old = float(active_now[primary])
+    if new >= old:
+        return GateDecision(True, f"{primary} {new:.4f} >= active {old:.4f}")
+    return GateDecision(False, f"{primary} {new:.4f} is below the active version's {old:.4f} on the same validation data")
+
+
+def active_version(session: Session, task: str, backbone_hash: str) -> AdapterVersion | None:
+    return session.scalars(
+        select(AdapterVersion).where(
+            AdapterVersion.task == task, AdapterVersion.backbone_hash == backbone_hash, AdapterVersion.status == "active"
+        )
+    ).first()
+
+
+def active_versions(session: Session, backbone_hash: str) -> dict[str, AdapterVersion]:
+    rows = session.scalars(
+        select(AdapterVersion).where(AdapterVersion.backbone_hash == backbone_hash, AdapterVersion.status == "active")
+    )
+    return {row.task: row for row in rows}
+
+
+def list_versions(session: Session, task: str | None = None) -> list[AdapterVersion]:
+    query = select(AdapterVersion).order_by(AdapterVersion.task, AdapterVersion.id.desc())
+    if task:
+        query = query.where(AdapterVersion.task == task)
+    return list(session.scalars(query))
+
+
+def register(session: Session, version: AdapterVersion, decision: GateDecision) -> AdapterVersion:
+    """Add a trained version; activate it if the gate said so (retiring the previous active one)."""
+    version.status = "candidate"
+    version.reason = decision.reason
+    session.add(version)
+    session.flush()
+    if decision.promote:
+        _activate(session, version)
+    return version
+
+
+def promote(session: Session, version_id: int) -> AdapterVersion:
+    """Make a version active by hand (overrides the gate), retiring the current active one."""
+    version = session.get(AdapterVersion, version_id)
+    if version is None:
+        raise RegistryError(f"no adapter version {version_id} (see `kb adapters`)")
+    if version.status == "active":
+        return version
+    _activate(session, version)
+    version.reason = f"promoted by hand; {version.reason}" if version.reason else "promoted by hand"
+    return version
+
+
+def rollback(session: Session, task: str, backbone_hash: str | None = None) -> AdapterVersion:
+    """Retire the active version of `task` and re-activate the one that was active before it.
+
+    Without a backbone hash, the task must have an active version on exactly one backbone.
+    """
+    if task not in TASKS:
+        raise RegistryError(f"unknown task {task!r}; expected one of {', '.join(TASKS)}")
+    actives = [v for v in list_versions(session, task) if v.status == "active"]
+    if backbone_hash is not None:
+        actives = [v for v in actives if v.backbone_hash == backbone_hash]
+    if not actives:
+        raise RegistryError(f"no active {task} adapter to roll back")
+    if len(actives) > 1:
+        raise RegistryError(f"{task} has active versions on several backbones; name one with --backbone-hash")
+    current = actives[0]
+    backbone_hash = current.backbone_hash
+    previous = session.scalars(
+        select(AdapterVersion)
+        .where(
+            AdapterVersion.task == task,
+            AdapterVersion.backbone_hash == backbone_hash,
+            AdapterVersion.status == "retired",
+            AdapterVersion.promoted_at.is_not(None),
+            AdapterVersion.id != current.id,
+        )
+        .order_by(AdapterVersion.promoted_at.desc())
+    ).first()
+    if previous is None:
+        raise RegistryError(f"{task} version {current.id} is the only one that was ever active; nothing to roll back to")
+    current.status = "retired"
+    current.reason = f"rolled back; {current.reason}"
+    session.flush()
+    previous.status = "active"
+    previous.promoted_at = utcnow()
+    return previous
+
+
+def _activate(session: Session, version: AdapterVersion) -> None:
+    session.execute(
+        update(AdapterVersion)
+        .where(
+            AdapterVersion.task == version.task,
+            AdapterVersion.backbone_hash == version.backbone_hash,
+            AdapterVersion.status == "active",
+            AdapterVersion.id != version.id,
+        )
+        .values(status="retired")
+    )
+    version.status = "active"
+    version.promoted_at = utcnow()
+    session.flush()

@@ -1,0 +1,164 @@
+"""Enrichment, the FAISS index keyed by chunk ids, and filtered/ACL search (SQLite and Postgres)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings as hsettings, strategies as st
+from sqlalchemy import select
+
+from kb_pipeline.indexing import sync
+from kb_pipeline.indexing.vector_index import VectorIndex
+from kb_pipeline.ingest.pipeline import ingest
+from kb_pipeline.serving.enrich import enrich, load_task_models
+from kb_pipeline.serving.search import Filters, search
+from kb_pipeline.store import derived
+from kb_pipeline.store.db import session_factory
+from kb_pipeline.store.schema import PredictedLabel
+from kb_pipeline.training.loop import TrainConfig
+from kb_pipeline.training.service import train_tasks
+from tiny_models import single_threaded, tiny_bert_backbone
+
+WORDS = ["leave", "deploy", "invoice", "contract", "laptop", "incident", "budget", "holiday", "release", "privacy"]
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    with single_threaded():
+        yield
+
+
+@pytest.fixture(scope="module")
+def backbone():
+    return tiny_bert_backbone()
+
+
+def write_corpus(root: Path, n: int = 12) -> Path:
+    root.mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        word = WORDS[i % len(WORDS)]
+        category = "hr" if i % 2 else "engineering"
+        acl = "acl: [hr]\n" if i % 4 == 3 else ""
+        front = f"---\ntitle: {word.title()} note {i}\ncategory: {category}\ntags: [{word}]\nsummary: About {word}.\n{acl}---\n"
+        body = " ".join(f"The {word} procedure step {j} for team {i}." for j in range(30))
+        (root / f"doc-{i}.md").write_text(f"{front}# {word.title()} note {i}\n\n{body}\n\n## More\n\n{body}\n")
+    return root
+
+
+def index_ids(settings, embed_key: str) -> set[int]:
+    return set(sync.load_live_index(settings, embed_key).ids().tolist())
+
+
+def db_chunk_ids(settings) -> set[int]:
+    with session_factory(settings)() as s:
+        return set(derived.active_chunk_ids(s).tolist())
+
+
+def test_index_ids_follow_the_database_through_add_update_delete(settings, tmp_path, backbone):
+    corpus = write_corpus(tmp_path / "c")
+    ingest(settings, [corpus])
+    models = load_task_models(settings, backbone)
+    report = enrich(settings, models=models)
+    assert report.embed_key.startswith("backbone:") and report.tagged == 0  # no adapters yet: still searchable
+    assert index_ids(settings, models.embed_key) == db_chunk_ids(settings)
+
+    (corpus / "doc-0.md").write_text("# Changed\n\nCompletely new text about the holiday rota and cover.\n")
+    (corpus / "doc-1.md").unlink()
+    ingest(settings, [corpus])
+    assert enrich(settings, models=models).index["action"] == "repaired"
+    assert index_ids(settings, models.embed_key) == db_chunk_ids(settings)
+
+    again = enrich(settings, models=models)
+    assert again.embedded == 0 and again.index["action"] == "unchanged"
+
+
+def test_crash_between_db_commit_and_index_save_is_repaired(settings, tmp_path, backbone, monkeypatch):
+    ingest(settings, [write_corpus(tmp_path / "c")])
+    models = load_task_models(settings, backbone)
+
+    def crash(*args, **kwargs):
+        raise OSError("disk full (simulated)")
+
+    monkeypatch.setattr(VectorIndex, "save", crash)
+    with pytest.raises(OSError, match="simulated"):
+        enrich(settings, models=models)  # embeddings are committed, the index file is not written
+    monkeypatch.undo()
+    assert enrich(settings, models=models).embedded == 0  # nothing re-encoded: vectors came from the DB
+    assert index_ids(settings, models.embed_key) == db_chunk_ids(settings)
+    check = sync.check_index(settings, models.embed_key)
+    assert check["ok"], check
+
+
+def test_training_marks_exactly_the_affected_outputs_stale(settings, tmp_path, backbone):
+    ingest(settings, [write_corpus(tmp_path / "c")])
+    cfg = TrainConfig(epochs=1, batch_size=4, max_length=32, max_steps=2)
+    train_tasks(settings, ["classify"], backbone=backbone, train_config=cfg)
+    models = load_task_models(settings, backbone)
+    first = enrich(settings, models=models)
+    assert first.tagged == 12 and first.embedded > 0
+    assert enrich(settings, models=models).tagged == 0
+    [outcome] = train_tasks(settings, ["classify"], backbone=backbone, train_config=cfg)
+    models = load_task_models(settings, backbone)
+    second = enrich(settings, models=models)
+    assert second.embedded == 0  # embeddings did not depend on classify
+    assert second.tagged == (12 if outcome.status == "active" else 0)
+    with session_factory(settings)() as s:
+        versions = set(s.scalars(select(PredictedLabel.adapter_version)))
+    assert versions == {models.versions["classify"]}
+
+
+@pytest.fixture
+def searchable(settings, tmp_path, backbone):
+    ingest(settings, [write_corpus(tmp_path / "c", n=16)])
+    models = load_task_models(settings, backbone)
+    enrich(settings, models=models)
+    return settings, models
+
+
+def run(settings, models, query, **kw):
+    with session_factory(settings)() as s:
+        return search(s, query, index=sync.load_live_index(settings, models.embed_key), embed=models.embed, **kw)
+
+
+def test_anonymous_users_never_see_restricted_documents_and_members_do(searchable):
+    settings, models = searchable
+    anonymous = run(settings, models, "release procedure", k=16)
+    assert len(anonymous) == 12  # 16 documents, 4 restricted to hr
+    assert all("note 3" not in r["title"] and "note 7" not in r["title"] for r in anonymous)
+    with session_factory(settings).begin() as s:
+        groups = derived.add_user(s, "hana", ["hr"])
+    assert len(run(settings, models, "release procedure", k=16, filters=Filters(groups=tuple(groups)))) == 16
+
+
+def test_filtered_search_still_fills_k(searchable):
+    settings, models = searchable
+    for mode in ("dense", "hybrid"):
+        results = run(settings, models, "zzz unrelated words", k=3, mode=mode, filters=Filters(category="hr"))
+        assert len(results) == 3
+        results = run(settings, models, "anything", k=5, mode=mode, filters=Filters(tags=("leave",)))
+        assert {r["title"].split()[0] for r in results} == {"Leave"} and len(results) == 2  # only 2 leave docs
+
+
+@hsettings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data())
+def test_search_never_leaks_a_document_the_user_may_not_read(searchable, data):
+    settings, models = searchable
+    groups = data.draw(st.lists(st.sampled_from(["hr", "finance", "legal"]), unique=True, max_size=2))
+    with session_factory(settings)() as s:
+        from kb_pipeline.store.schema import Document, DocumentAcl
+
+        acl = {}
+        for doc_id, group in s.execute(select(DocumentAcl.document_id, DocumentAcl.group_name)):
+            acl.setdefault(doc_id, set()).add(group)
+        active = set(s.scalars(select(Document.id).where(Document.status == "active")))
+    readable = {d for d in active if d not in acl or acl[d] & set(groups)}
+    k = data.draw(st.integers(1, 20))
+    mode = data.draw(st.sampled_from(["dense", "hybrid", "keyword"]))
+    query = " ".join(data.draw(st.lists(st.sampled_from(WORDS), min_size=1, max_size=3)))
+    results = run(settings, models, query, k=k, mode=mode, filters=Filters(groups=tuple(groups) or None))
+    returned = {r["doc_id"] for r in results}
+    assert returned <= readable
+    if mode != "keyword":
+        assert len(results) == min(k, len(readable))

@@ -1,0 +1,271 @@
+"""Task trainers on tiny random BERT and Llama backbones: they learn, stay in their lane, and say what is missing."""
+
+from __future__ import annotations
+
+import json
+import random
+
+import numpy as np
+import pytest
+import torch
+
+from kb_pipeline.backbone.adapter_files import load_adapter, save_adapter
+from kb_pipeline.backbone.adapters import AdapterConfig, AdapterSet
+from kb_pipeline.training.classify import Classifier, train_classify
+from kb_pipeline.training.embed import embed_texts, train_embed
+from kb_pipeline.training.loop import TrainConfig
+from kb_pipeline.training.summarise import (
+    Summariser,
+    lead_summary,
+    oracle_labels,
+    split_sentences,
+    train_summarise,
+    within_budget,
+)
+from kb_pipeline.training.tasks import ClassifyExample, InsufficientData, Pair, SummaryExample
+from tiny_models import tiny_backbone
+
+# tiny matrices: thread hand-offs cost far more than the maths, badly so on a busy 2-core machine
+torch.set_num_threads(1)
+
+FAMILIES = ("bert", "llama")
+KINDS = ("lora", "bottleneck")
+FILLER = "the team report plan page link week guide notes search policy meeting owner item".split()
+TOPICS = {
+    "finance": "revenue costs expenses payroll approval euros",
+    "it": "password backup storage laptop account incident",
+}
+
+
+def adapter_config(kind: str) -> AdapterConfig:
+    return AdapterConfig(kind=kind, rank=4, alpha=8, bottleneck_size=8, dropout=0.0)
+
+
+def words(rng: random.Random, pool: list[str], n: int) -> str:
+    return " ".join(rng.choice(pool) for _ in range(n))
+
+
+def classify_data(n: int = 24, seed: int = 0) -> list[ClassifyExample]:
+    """Category decided by topic keywords; 'urgent' tag whenever the word urgent appears."""
+    rng = random.Random(seed)
+    out = []
+    for i in range(n):
+        category = "finance" if i % 2 else "it"
+        urgent = i % 3 == 0
+        text = f"{words(rng, FILLER, 4)} {words(rng, TOPICS[category].split(), 4)} {'urgent' if urgent else ''}"
+        out.append(ClassifyExample(text, category, ("urgent",) if urgent else ()))
+    return out
+
+
+def pairs_data(seed: int = 0) -> list[Pair]:
+    rng = random.Random(seed)
+    topics = "password backup revenue payroll laptop expenses badge travel".split()
+    return [
+        Pair(f"how do I handle {t} {rng.choice(FILLER)}", f"The {t} guide: {words(rng, FILLER, 5)} {t}.", f"doc-{t}")
+        for t in topics
+        for _ in range(2)
+    ]
+
+
+def summary_data(n: int = 6, seed: int = 0) -> list[SummaryExample]:
+    """Documents whose middle sentence carries the point; the gold summary repeats it."""
+    rng = random.Random(seed)
+    out = []
+    for i in range(n):
+        point = f"The backup of volume {i} failed because storage was full."
+        text = f"{words(rng, FILLER, 6).capitalize()}. {point} {words(rng, FILLER, 7).capitalize()}."
+        out.append(SummaryExample(text, point))
+    return out
+
+
+def tiny_cfg(**changes) -> TrainConfig:
+    base = dict(epochs=4, batch_size=8, lr=2e-2, patience=10, seed=0, max_length=64)
+    return TrainConfig(**{**base, **changes})
+
+
+@pytest.fixture(params=FAMILIES)
+def family(request) -> str:
+    return request.param
+
+
+@pytest.fixture
+def adapters(family) -> AdapterSet:
+    return AdapterSet(tiny_backbone(family))
+
+
+def snapshot(backbone) -> dict[str, torch.Tensor]:
+    return {k: v.clone() for k, v in backbone.state_dict().items()}
+
+
+def assert_backbone_untouched(backbone, before: dict[str, torch.Tensor]) -> None:
+    after = backbone.state_dict()
+    assert after.keys() == before.keys()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    assert backbone.current_hash() == backbone.weights_hash
+
+
+def assert_learned(losses: list[float], k: int = 3) -> None:
+    first, last = np.mean(losses[:k]), np.mean(losses[-k:])
+    assert last < first, f"training loss did not go down: first {losses[:k]} last {losses[-k:]}"
+
+
+# ----------------------------------------------------------------------------- classify
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_classify_learns_and_predicts(adapters, kind):
+    data = classify_data()
+    before = snapshot(adapters.backbone)
+    result = train_classify(adapters, data[:16], data[16:], adapter_config(kind), tiny_cfg(epochs=6, lr=3e-3))
+
+    assert_learned(result.history.losses)
+    assert_backbone_untouched(adapters.backbone, before)
+    assert adapters.active is None  # the previously active task (none) is back
+    assert result.primary_metric == "macro_f1"
+    assert {"accuracy", "macro_f1", "tags_micro_f1"} <= set(result.metrics)
+    assert result.baseline["accuracy"] == 0.5  # majority class on a balanced validation set
+    assert result.head_config["categories"] == ["finance", "it"] and result.head_config["tags"] == ["urgent"]
+    assert result.adapter_params == adapters.num_parameters("classify") > 0
+    assert result.head_params > 0 and result.backbone_params == adapters.backbone.num_parameters
+
+    # the head rebuilds from JSON-able config + tensors and predicts the documented shape
+    config = json.loads(json.dumps(result.head_config))
+    predictions = Classifier.from_tensors(result.head_state, config).predict(adapters, [d.text for d in data[:5]])
+    assert len(predictions) == 5
+    for p in predictions:
+        assert set(p) == {"category", "category_score", "tags"}
+        assert p["category"] in ("finance", "it") and 0.0 <= p["category_score"] <= 1.0
+        assert all(tag == "urgent" and 0.0 <= score <= 1.0 for tag, score in p["tags"])
+    assert Classifier.from_result(result).predict(adapters, []) == []
+
+
+def test_classify_leaves_embed_untouched(adapters):
+    adapters.add("embed", adapter_config("lora"), seed=1)
+    with torch.no_grad():  # make the embed adapter non-trivial (fresh LoRA is the identity)
+        for p in adapters.parameters("embed"):
+            p.add_(torch.randn_like(p) * 0.1)
+    texts = ["reset the password", "payroll expenses report"]
+    embed_state = adapters.state_dict("embed")
+    vectors = embed_texts(adapters, texts)
+    adapters.activate("embed")
+
+    data = classify_data(12)
+    train_classify(adapters, data[:8], data[8:], adapter_config("bottleneck"), tiny_cfg(epochs=1))
+
+    assert adapters.active == "embed"
+    assert all(torch.equal(embed_state[k], v) for k, v in adapters.state_dict("embed").items())
+    np.testing.assert_array_equal(embed_texts(adapters, texts), vectors)
+
+
+def test_classify_insufficient_data_messages():
+    adapters = AdapterSet(tiny_backbone("bert"))
+    one_category = [ClassifyExample(f"doc {i}", "hr", ()) for i in range(5)]
+    with pytest.raises(InsufficientData, match=r"at least 2 categories .*; found 1 \('hr'\)"):
+        train_classify(adapters, one_category, one_category, adapter_config("lora"), tiny_cfg())
+    three_docs = [ClassifyExample("a", "hr", ()), ClassifyExample("b", "it", ()), ClassifyExample("c", None, ())]
+    three_docs.append(ClassifyExample("d", "it", ()))
+    with pytest.raises(InsufficientData, match="at least 4 labelled documents; found 3"):
+        train_classify(adapters, three_docs, three_docs, adapter_config("lora"), tiny_cfg())
+    assert issubclass(InsufficientData, ValueError)
+    assert adapters.tasks() == []  # refused before touching the adapter set
+
+
+# ----------------------------------------------------------------------------- embed
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_embed_learns_and_reports_baseline(adapters, kind):
+    data = pairs_data()
+    before = snapshot(adapters.backbone)
+    result = train_embed(adapters, data, data[::2], adapter_config(kind), tiny_cfg(epochs=6, lr=3e-2))
+
+    assert_learned(result.history.losses, k=2)
+    assert_backbone_untouched(adapters.backbone, before)
+    assert result.primary_metric == "ndcg@10"
+    for name in ("ndcg@10", "recall@10", "mrr@10"):
+        assert 0.0 <= result.metrics[name] <= 1.0 and 0.0 <= result.baseline[name] <= 1.0
+    assert result.metrics["beats_baseline"] == (result.metrics["ndcg@10"] >= result.baseline["ndcg@10"])
+
+    tuned = embed_texts(adapters, ["alpha", "password backup", "x y z"])
+    plain = embed_texts(adapters, ["alpha", "password backup", "x y z"], task=None)
+    assert tuned.shape == (3, adapters.backbone.hidden_size) and tuned.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(tuned, axis=1), 1.0, rtol=1e-5)
+    assert not np.allclose(tuned, plain)  # the tuned adapter changed the embeddings
+    assert embed_texts(adapters, []).shape == (0, adapters.backbone.hidden_size)
+
+
+def test_embed_insufficient_data():
+    adapters = AdapterSet(tiny_backbone("bert"))
+    same_doc = [Pair("q1", "p1", "d"), Pair("q2", "p2", "d")]
+    with pytest.raises(InsufficientData, match="2 different documents.*found 2 pairs from 1 documents"):
+        train_embed(adapters, same_doc, same_doc, adapter_config("lora"), tiny_cfg())
+
+
+# ----------------------------------------------------------------------------- summarise
+
+
+def test_sentence_splitter_keeps_offsets():
+    text = 'Intro line. Costs were 3.5 euros! Is it "ok"? Yes\n\nNew para\nwrapped line.\n- bullet one\n- bullet two'
+    spans = split_sentences(text)
+    assert [s.text for s in spans] == [
+        "Intro line.", "Costs were 3.5 euros!", 'Is it "ok"?', "Yes", "New para\nwrapped line.",
+        "- bullet one", "- bullet two",
+    ]
+    assert all(text[s.start : s.end] == s.text for s in spans)
+
+
+def test_oracle_budget_and_lead():
+    spans = split_sentences("Cats sleep a lot. Dogs bark at night. The sky is blue.")
+    # the summary is about dogs: the oracle picks sentence 1 only (adding others lowers ROUGE F)
+    assert oracle_labels(spans, "dogs bark at night", 3, 60) == [0, 1, 0]
+    # budget: 4 + 4 words fit in 8, the third sentence does not; returned in document order
+    assert within_budget([2, 1, 0], spans, max_sentences=3, max_words=8) == [1, 2]
+    assert lead_summary("One two. Three four. Five six. Seven.", max_sentences=3) == "One two. Three four. Five six."
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_summarise_learns_and_summarises(adapters, kind):
+    data = summary_data(8)
+    before = snapshot(adapters.backbone)
+    result = train_summarise(
+        adapters, data[:6], data[6:], adapter_config(kind), tiny_cfg(epochs=6, batch_size=4, lr=3e-2), max_new_tokens=6
+    )
+
+    assert_learned(result.history.losses, k=2)
+    assert_backbone_untouched(adapters.backbone, before)
+    assert result.primary_metric == "rougeL"
+    for scores in (result.metrics, result.baseline):
+        assert set(scores) == {"rouge1", "rouge2", "rougeL"} and all(0.0 <= v <= 1.0 for v in scores.values())
+    mode = "abstractive" if adapters.backbone.family == "decoder" else "extractive"
+    assert result.head_config["mode"] == mode
+
+    summariser = Summariser.from_tensors(result.head_state, json.loads(json.dumps(result.head_config)))
+    texts = [d.text for d in data[:2]]
+    summaries = summariser.predict(adapters, texts)
+    assert len(summaries) == 2 and all(isinstance(s, str) for s in summaries)
+    if mode == "extractive":  # extractive summaries are whole sentences of their document
+        for text, summary in zip(texts, summaries):
+            assert summary and all(s.text in text for s in split_sentences(summary))
+
+
+def test_summarise_insufficient_data():
+    adapters = AdapterSet(tiny_backbone("llama"))
+    with pytest.raises(InsufficientData, match="at least 2 training documents with a summary; found 1"):
+        train_summarise(adapters, summary_data(1), summary_data(1), adapter_config("lora"), tiny_cfg())
+
+
+# ----------------------------------------------------------------------------- persistence
+
+
+def test_result_saves_and_reloads_with_adapter(tmp_path):
+    backbone = tiny_backbone("bert")
+    adapters = AdapterSet(backbone)
+    data = classify_data(12)
+    result = train_classify(adapters, data[:8], data[8:], adapter_config("lora"), tiny_cfg(epochs=1))
+    texts = [d.text for d in data[:3]]
+    expected = Classifier.from_result(result).predict(adapters, texts)
+
+    save_adapter(adapters, "classify", tmp_path / "classify", extra_tensors=result.head_state, meta=result.head_config)
+    fresh = AdapterSet(backbone)  # replaces the old set: adapters are gone until loaded
+    _, heads, meta = load_adapter(fresh, tmp_path / "classify")
+    assert Classifier.from_tensors(heads, meta).predict(fresh, texts) == expected

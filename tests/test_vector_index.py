@@ -1,0 +1,294 @@
+"""VectorIndex: ids stay exact under add/replace/remove, filtered search never leaks, files survive crashes."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import faiss
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from kb_pipeline.indexing import vector_index
+from kb_pipeline.indexing.locking import index_lock
+from kb_pipeline.indexing.vector_index import IndexConfig, IndexCorrupt, VectorIndex, diff_ids
+
+DIM = 16
+# Small graphs build fast; the search-time ef is what matters for these tests.
+FAST_HNSW = dict(hnsw_m=16, hnsw_ef_construction=40, hnsw_ef_search=64)
+KINDS = ["flat", "hnsw"]
+
+
+def config(kind: str, **kw) -> IndexConfig:
+    return IndexConfig(kind=kind, **{**FAST_HNSW, **kw})
+
+
+def unit(rng: np.random.Generator, n: int, dim: int = DIM) -> np.ndarray:
+    x = rng.standard_normal((n, dim)).astype(np.float32)
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def brute_force(ids: np.ndarray, vecs: np.ndarray, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    sims = queries @ vecs.T
+    order = np.argsort(-sims, axis=1)[:, :k]
+    return np.take_along_axis(sims, order, axis=1), ids[order]
+
+
+def dataset(seed: int, n: int) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return rng.choice(2**62, size=n, replace=False).astype(np.int64), unit(rng, n)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_add_replace_remove_keep_ids_exact(kind):
+    ids, vecs = dataset(0, 300)
+    index = VectorIndex.build(ids[:200], vecs[:200], config(kind))
+    assert index.kind == kind and len(index) == 200
+    index.add(ids[200:], vecs[200:])
+    new_vecs = unit(np.random.default_rng(1), 50)
+    index.add(ids[:50], new_vecs)  # re-embedding: replaced, not duplicated
+    assert np.array_equal(index.ids(), np.sort(ids)) and len(index) == 300
+
+    scores, found = index.search(new_vecs[:5], 1)
+    assert np.array_equal(found[:, 0], ids[:5]) and np.allclose(scores[:, 0], 1.0, atol=1e-5)
+    current = np.concatenate([new_vecs, vecs[50:]])
+    old_scores, _ = index.search(vecs[:5], 1)
+    assert np.allclose(old_scores, brute_force(ids, current, vecs[:5], 1)[0], atol=1e-5)
+
+    absent = np.array([7, 11], dtype=np.int64)
+    assert index.remove(np.concatenate([ids[:30], absent])) == 30
+    assert index.remove(ids[:30]) == 0
+    assert np.array_equal(index.ids(), np.sort(ids[30:])) and len(index) == 270
+    _, found = index.search(unit(np.random.default_rng(2), 20), 10)
+    assert not np.isin(found, ids[:30]).any()
+
+
+def test_hnsw_compacts_tombstones_and_auto_grows_into_hnsw():
+    ids, vecs = dataset(3, 200)
+    index = VectorIndex.build(ids, vecs, config("hnsw"))
+    index.remove(ids[:40])  # 20% tombstoned: kept
+    assert index._index.ntotal == 200 and len(index) == 160
+    index.remove(ids[40:60])  # 30%: rebuilt without them
+    assert index._index.ntotal == 140 and np.array_equal(index.ids(), np.sort(ids[60:]))
+
+    auto = VectorIndex.empty(DIM, config("auto", hnsw_threshold=100))
+    auto.add(ids[:60], vecs[:60])
+    assert auto.kind == "flat"
+    auto.add(ids[60:120], vecs[60:120])
+    assert auto.kind == "hnsw" and np.array_equal(auto.ids(), np.sort(ids[:120]))
+    assert VectorIndex.empty(DIM, config("auto", hnsw_threshold=100), expected_size=500).kind == "hnsw"
+
+
+def test_inputs_are_validated_and_normalised():
+    ids, vecs = dataset(4, 20)
+    raw = vecs * 3.0
+    index = VectorIndex.build(ids, raw, config("flat"))
+    assert np.allclose(np.linalg.norm(raw, axis=1), 3.0)  # caller's array untouched
+    scores, found = index.search(raw[:3] * 5, 1)
+    assert np.array_equal(found[:, 0], ids[:3]) and np.allclose(scores[:, 0], 1.0, atol=1e-5)
+    with pytest.raises(ValueError, match="duplicates"):
+        index.add(np.array([1, 1]), vecs[:2])
+    with pytest.raises(ValueError, match="ids must lie"):
+        index.add(np.array([-1]), vecs[:1])
+    with pytest.raises(ValueError, match="shape"):
+        index.add(np.array([1]), np.ones((1, DIM + 1), np.float32))
+    with pytest.raises(ValueError, match="non-zero"):
+        index.add(np.array([1]), np.zeros((1, DIM), np.float32))
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_search_matches_brute_force(kind):
+    ids, vecs = dataset(5, 2000)
+    queries = unit(np.random.default_rng(6), 30)
+    index = VectorIndex.build(ids, vecs, config(kind))
+    scores, found = index.search(queries, 10)
+    want_scores, want_ids = brute_force(ids, vecs, queries, 10)
+    if kind == "flat":
+        assert np.array_equal(found, want_ids) and np.allclose(scores, want_scores, atol=1e-5)
+    else:
+        recall = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(found, want_ids)])
+        assert recall >= 0.95
+    allowed = ids[::3]
+    scores, found = index.search(queries, 10, allowed_ids=allowed)  # ~670 ids: the exact path
+    assert np.array_equal(found, brute_force(allowed, vecs[::3], queries, 10)[1])
+
+
+@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    kind=st.sampled_from(KINDS),
+    ids=st.lists(st.integers(0, 2**63 - 2), min_size=1, max_size=60, unique=True),
+    data=st.data(),
+    k=st.integers(1, 20),
+    exact_shortcut=st.booleans(),
+    seed=st.integers(0, 2**32 - 1),
+)
+def test_filtered_search_never_leaks_and_fills_k(kind, ids, data, k, exact_shortcut, seed):
+    ids = np.array(ids, dtype=np.int64)
+    vecs = unit(np.random.default_rng(seed), len(ids), 8)
+    removed = data.draw(st.sets(st.sampled_from(ids.tolist()), max_size=len(ids)))
+    allowed = data.draw(st.none() | st.sets(st.sampled_from(ids.tolist()) | st.integers(0, 2**40)))
+    index = VectorIndex.build(ids, vecs, config(kind))
+    index.remove(np.array(sorted(removed), dtype=np.int64))
+    live = ~np.isin(ids, list(removed))
+    eligible = live if allowed is None else live & np.isin(ids, list(allowed))
+    allowed_arr = None if allowed is None else np.array(sorted(allowed), dtype=np.int64)
+
+    queries = unit(np.random.default_rng(seed + 1), 3, 8)
+    limit = vector_index.EXACT_MAX_IDS if exact_shortcut else 0
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(vector_index, "EXACT_MAX_IDS", limit)
+        scores, found = index.search(queries, k, allowed_ids=allowed_arr)
+
+    assert found.shape == scores.shape == (3, k)
+    want_scores, want_ids = brute_force(ids[eligible], vecs[eligible], queries, k)
+    n_expected = min(k, int(eligible.sum()))
+    for row_scores, row_ids, best in zip(scores, found, want_scores):
+        valid = row_ids >= 0
+        assert valid.sum() == n_expected and valid[:n_expected].all()
+        assert set(row_ids[valid]) <= set(ids[eligible])
+        assert len(set(row_ids[valid])) == n_expected
+        assert np.all(np.isneginf(row_scores[~valid]))
+        assert np.all(np.diff(row_scores[valid]) <= 1e-6)
+        if kind == "flat":
+            assert np.allclose(row_scores[valid], best, atol=1e-5)
+
+
+def test_hnsw_selective_filter_falls_back_to_exact(monkeypatch):
+    ids, vecs = dataset(7, 3000)
+    index = VectorIndex.build(ids, vecs, config("hnsw", hnsw_ef_search=10))
+    allowed = ids[:40]
+    queries = unit(np.random.default_rng(8), 20)
+    monkeypatch.setattr(vector_index, "EXACT_MAX_IDS", 0)  # force the FAISS selector path
+    fallbacks = []
+    exact = VectorIndex._exact
+    monkeypatch.setattr(VectorIndex, "_exact", lambda self, q, *a: fallbacks.append(len(q)) or exact(self, q, *a))
+    _, found = index.search(queries, 10, allowed_ids=allowed)
+    assert fallbacks, "setup: HNSW alone must come back short for some queries"
+    assert np.array_equal(found, brute_force(allowed, vecs[:40], queries, 10)[1])
+
+
+def test_empty_allowed_set_and_empty_index_skip_faiss(monkeypatch):
+    ids, vecs = dataset(9, 50)
+    index = VectorIndex.build(ids, vecs, config("flat"))
+    monkeypatch.setattr(VectorIndex, "_search", lambda *a: pytest.fail("FAISS was called"))
+    for idx, allowed in ((index, np.array([], np.int64)), (VectorIndex.empty(DIM), None)):
+        scores, found = idx.search(vecs[:2], 4, allowed_ids=allowed)
+        assert (found == -1).all() and np.isneginf(scores).all()
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_save_load_round_trip(tmp_path, kind):
+    ids, vecs = dataset(10, 400)
+    index = VectorIndex.build(ids, vecs, config(kind))
+    index.remove(ids[:50])  # HNSW: saved with tombstones
+    queries = unit(np.random.default_rng(11), 10)
+    checksum = index.save(tmp_path / "chunks.faiss", {"model": "minilm", "version": 3})
+    loaded, meta = VectorIndex.load(tmp_path / "chunks.faiss")
+    assert meta == {"model": "minilm", "version": 3}
+    assert (loaded.kind, loaded.dim, loaded.config) == (kind, DIM, index.config)
+    assert np.array_equal(loaded.ids(), index.ids())
+    for allowed in (None, ids[::2]):
+        (got_s, got_i), (want_s, want_i) = loaded.search(queries, 10, allowed), index.search(queries, 10, allowed)
+        assert np.array_equal(got_i, want_i) and np.array_equal(got_s, want_s)
+    assert f'"sha256": "{checksum}"' in (tmp_path / "chunks.json").read_text()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["chunks.faiss", "chunks.json"]
+
+
+def test_corrupt_or_missing_files_raise(tmp_path):
+    path = tmp_path / "chunks.faiss"
+    with pytest.raises(FileNotFoundError):
+        VectorIndex.load(path)
+    ids, vecs = dataset(12, 100)
+    VectorIndex.build(ids, vecs, config("flat")).save(path, {})
+    good = path.read_bytes()
+
+    path.write_bytes(good[: len(good) // 2])  # truncated
+    with pytest.raises(IndexCorrupt, match="chunks.faiss"):
+        VectorIndex.load(path)
+    path.write_bytes(good[:100] + bytes([good[100] ^ 0xFF]) + good[101:])  # one flipped byte
+    with pytest.raises(IndexCorrupt, match="chunks.faiss.*checksum"):
+        VectorIndex.load(path)
+    sidecar = json.loads((tmp_path / "chunks.json").read_text())
+    for payload in (b"not a faiss index", faiss.serialize_index(faiss.IndexFlatL2(DIM)).tobytes()):
+        path.write_bytes(payload)  # checksum consistent, contents not an index we wrote
+        (tmp_path / "chunks.json").write_text(json.dumps({**sidecar, "sha256": hashlib.sha256(payload).hexdigest()}))
+        with pytest.raises(IndexCorrupt, match="chunks.faiss"):
+            VectorIndex.load(path)
+    path.write_bytes(good)
+    (tmp_path / "chunks.json").write_text("{not json")
+    with pytest.raises(IndexCorrupt, match="chunks.json"):
+        VectorIndex.load(path)
+    (tmp_path / "chunks.json").unlink()
+    with pytest.raises(IndexCorrupt, match="chunks.json"):
+        VectorIndex.load(path)
+
+
+def test_crash_mid_save_keeps_previous_file_loadable(tmp_path, monkeypatch):
+    path = tmp_path / "chunks.faiss"
+    ids, vecs = dataset(13, 100)
+    VectorIndex.build(ids[:50], vecs[:50], config("flat")).save(path, {"run": 1})
+    bigger = VectorIndex.build(ids, vecs, config("flat"))
+
+    def crash(*args):
+        raise OSError("simulated crash")
+
+    monkeypatch.setattr(os, "replace", crash)
+    with pytest.raises(OSError, match="simulated"):
+        bigger.save(path, {"run": 2})
+    monkeypatch.undo()
+    loaded, meta = VectorIndex.load(path)
+    assert meta == {"run": 1} and np.array_equal(loaded.ids(), np.sort(ids[:50]))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["chunks.faiss", "chunks.json"]  # no temp litter
+
+    real_replace, calls = os.replace, []
+
+    def crash_second(src, dst):  # dies between the two renames: detected, never silently mixed
+        calls.append(dst)
+        if len(calls) == 2:
+            raise OSError("simulated crash")
+        real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", crash_second)
+    with pytest.raises(OSError):
+        bigger.save(path, {"run": 2})
+    monkeypatch.undo()
+    with pytest.raises(IndexCorrupt, match="interrupted save"):
+        VectorIndex.load(path)
+
+
+def test_lock_serialises_processes(tmp_path):
+    child = textwrap.dedent(
+        f"""
+        import sys, time
+        from kb_pipeline.indexing.locking import index_lock
+        with index_lock({str(tmp_path)!r}):
+            print("locked", flush=True)
+            sys.stdin.read()  # hold until the parent closes our stdin
+        """
+    )
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    proc = subprocess.Popen(
+        [sys.executable, "-c", child], stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env, text=True
+    )
+    try:
+        assert proc.stdout.readline().strip() == "locked"
+        with pytest.raises(TimeoutError, match=r"\.lock.*pid"):
+            with index_lock(tmp_path, timeout_s=0.2):
+                pass
+    finally:
+        proc.stdin.close()
+        proc.wait(timeout=10)
+    with index_lock(tmp_path, timeout_s=2) as lock_path:
+        assert lock_path == tmp_path / ".lock"
+
+
+def test_diff_ids():
+    missing, extra = diff_ids(np.array([5, 1, 3]), np.array([3, 4, 5, 5]))
+    assert missing.tolist() == [4] and extra.tolist() == [1]
