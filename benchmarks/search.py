@@ -217,7 +217,7 @@ def run_benchmark(args) -> dict:
         # ---- phase 2: the embed adapter the KB trains on its own mined pairs
         report["training_pairs"] = pair_kinds(settings)
         cfg = DEFAULT_TRAIN["embed"]
-        log(f"training embed ({args.kind or "lora"}, epochs={args.epochs or cfg.epochs}, batch {cfg.batch_size}, "
+        log(f"training embed ({args.kind or 'lora'}, epochs={args.epochs or cfg.epochs}, batch {cfg.batch_size}, "
             f"max_length {cfg.max_length}); pairs: {report['training_pairs']}")
         last = [0.0]
 

@@ -63,23 +63,26 @@ def train(
 
 
 def _print_outcomes(outcomes) -> None:
-    table = Table("task", "version", "status", "kind", "metric", "tuned", "baseline", "active before",
-                  "adapter params", "head params", "size", "seconds")
+    """One short block per task: readable in a narrow terminal, unlike a 12-column table."""
     for o in outcomes:
         if not o.trained:
             continue
         m = o.primary_metric
-        before = f"{o.active_before[m]:.4f}" if o.active_before else "-"
-        table.add_row(
-            o.task, str(o.version), o.status, o.kind, m, f"{o.metrics[m]:.4f}", f"{o.baseline[m]:.4f}", before,
-            f"{o.adapter_params:,} ({o.adapter_share:.3%} of {o.backbone_params:,})", f"{o.head_params:,}",
-            f"{o.size_bytes / 1e6:.2f} MB", f"{o.seconds:.0f}",
+        before = f", active version scored {o.active_before[m]:.4f}" if o.active_before else ""
+        others = ", ".join(f"{k} {v:.4f}" for k, v in o.metrics.items() if isinstance(v, float) and k != m)
+        out.print(
+            f"[bold]{o.task}[/bold] v{o.version} [{'green' if o.status == 'active' else 'yellow'}]{o.status}"
+            f"[/] ({o.kind}): {m} {o.metrics[m]:.4f} vs baseline {o.baseline[m]:.4f}{before}",
+            highlight=False,
         )
-    out.print(table)
-    for o in outcomes:
-        if o.trained:
-            others = ", ".join(f"{k} {v:.4f}" for k, v in o.metrics.items() if isinstance(v, float) and k != o.primary_metric)
-            out.print(f"{o.task} v{o.version}: {o.message}" + (f" ({others})" if others else ""), highlight=False)
+        if others:
+            out.print(f"    {others}", highlight=False)
+        out.print(
+            f"    adapter {o.adapter_params:,} params = {o.adapter_share:.3%} of the backbone's "
+            f"{o.backbone_params:,}; head {o.head_params:,}; files {o.size_bytes / 1e6:.2f} MB; {o.seconds:.0f} s",
+            highlight=False,
+        )
+        out.print(f"    {o.message}", highlight=False)
 
 
 @adapters_app.callback()

@@ -33,8 +33,8 @@ DEFAULT_KIND = {"classify": "lora", "embed": "lora", "summarise": "lora"}
 # and extractive summarisation scores single sentences.
 DEFAULT_TRAIN = {
     "classify": TrainConfig(epochs=10, batch_size=16, max_length=128, lr=2e-3),
-    "embed": TrainConfig(epochs=3, batch_size=32, max_length=128, lr=1e-3),
-    "summarise": TrainConfig(epochs=4, batch_size=64, max_length=64, lr=1e-3),
+    "embed": TrainConfig(epochs=2, batch_size=32, max_length=128, lr=1e-3),
+    "summarise": TrainConfig(epochs=2, batch_size=64, max_length=64, lr=1e-3),
 }
 StepFn = Callable[[str, int, int, float], None]  # (task, step, total steps, loss)
 
