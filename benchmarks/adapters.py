@@ -44,18 +44,18 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shlex
 import subprocess
 import sys
 import tempfile
 import time
-from importlib import metadata
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # `python benchmarks/adapters.py` puts benchmarks/, not the repo root, on the path
     sys.path.insert(0, str(ROOT))
+
+from benchmarks.report import versions as report_versions  # noqa: E402
 
 from benchmarks.bbc_data import Doc, load_bbc, load_bbc_split  # noqa: E402  (stdlib-only module)
 
@@ -475,22 +475,7 @@ def run_tfidf(settings: dict) -> dict:
 
 
 def versions() -> dict:
-    found = {"python": platform.python_version()}
-    for name in PACKAGES:
-        try:
-            found[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            found[name] = None
-    try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True)
-        dirty = subprocess.run(["git", "status", "--porcelain", "--", "kb_pipeline"], cwd=ROOT,
-                               capture_output=True, text=True)
-        if commit.returncode == 0:
-            suffix = " + uncommitted kb_pipeline changes" if dirty.stdout.strip() else ""
-            found["git"] = commit.stdout.strip() + suffix
-    except OSError:
-        pass
-    return found
+    return report_versions(PACKAGES)
 
 
 def ratios(classify: dict) -> dict:

@@ -37,20 +37,19 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shlex
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
 from dataclasses import replace
-from importlib import metadata
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # `python benchmarks/enrich.py` puts benchmarks/, not the repo root, on the path
     sys.path.insert(0, str(ROOT))
+
+from benchmarks.report import versions as report_versions  # noqa: E402
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -348,21 +347,7 @@ def run_benchmark(args) -> dict:
 
 
 def versions() -> dict:
-    found = {"python": platform.python_version()}
-    for name in PACKAGES:
-        try:
-            found[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            found[name] = None
-    try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True)
-        dirty = subprocess.run(["git", "status", "--porcelain", "--", "kb_pipeline"], cwd=ROOT,
-                               capture_output=True, text=True)
-        if commit.returncode == 0:
-            found["git"] = commit.stdout.strip() + (" + uncommitted kb_pipeline changes" if dirty.stdout.strip() else "")
-    except OSError:
-        pass
-    return found
+    return report_versions(PACKAGES)
 
 
 def summarise_report(report: dict) -> None:
