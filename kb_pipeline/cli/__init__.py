@@ -1,6 +1,10 @@
 """`kb`: the command line. Thin: every command calls library functions and renders their result."""
 
-from kb_pipeline.cli import serve_commands, store_commands, train_commands  # noqa: F401  (registers the commands)
+# Importing a command module registers its commands; this order is the order `kb --help` lists them,
+# which follows the data: ingest -> train -> enrich/search.
+from kb_pipeline.cli import store_commands  # noqa: F401  isort: skip
+from kb_pipeline.cli import train_commands  # noqa: F401  isort: skip
+from kb_pipeline.cli import serve_commands  # noqa: F401  isort: skip
 from kb_pipeline.cli.common import app
 
 __all__ = ["app"]
