@@ -9,7 +9,6 @@ from pathlib import Path
 from typing import List, Optional
 
 import typer
-from rich.table import Table
 
 from kb_pipeline.cli.common import (
     EXTRA_USER_ERRORS, JsonOpt, UserError, app, command, emit_json, err, out, progress_bar, ready_settings,

@@ -9,7 +9,7 @@ import typer
 from rich.table import Table
 
 from kb_pipeline.cli.common import (
-    EXTRA_USER_ERRORS, JsonOpt, UserError, app, command, emit_json, err, out, progress_bar, ready_settings,
+    EXTRA_USER_ERRORS, JsonOpt, app, command, emit_json, err, out, progress_bar, ready_settings,
 )
 from kb_pipeline.training.registry import TASKS, RegistryError
 
