@@ -13,10 +13,11 @@ import typer
 from kb_pipeline.cli.common import (
     EXTRA_USER_ERRORS, JsonOpt, UserError, app, command, emit_json, err, out, progress_bar, ready_settings,
 )
-from kb_pipeline.serving.on_demand import NotAvailable
+from kb_pipeline.indexing.errors import IndexNotBuilt
+from kb_pipeline.serving.errors import NotAvailable
 from kb_pipeline.serving.search import SearchError
 
-EXTRA_USER_ERRORS.extend([SearchError, NotAvailable])
+EXTRA_USER_ERRORS.extend([SearchError, NotAvailable, IndexNotBuilt])
 
 index_app = typer.Typer(help="Check or rebuild the FAISS index.", no_args_is_help=True)
 users_app = typer.Typer(help="Users and the groups that grant access to restricted documents.", invoke_without_command=True)

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from kb_pipeline.config import Settings
+from kb_pipeline.indexing.errors import IndexNotBuilt
 from kb_pipeline.indexing.locking import index_lock
 from kb_pipeline.indexing.vector_index import IndexConfig, IndexCorrupt, VectorIndex, diff_ids
 from kb_pipeline.store import derived
@@ -26,8 +27,14 @@ def expected_ids(session, embed_key: str) -> np.ndarray:
     return ids
 
 
-def sync_index(settings: Settings, embed_key: str, *, rebuild: bool = False, config: IndexConfig | None = None) -> dict:
-    """Bring the live index in line with the DB; returns what was done and the index's size."""
+def sync_index(
+    settings: Settings, embed_key: str, *, rebuild: bool = False, config: IndexConfig | None = None,
+    dim: int | None = None,
+) -> dict:
+    """Bring the live index in line with the DB; returns what was done and the index's size.
+
+    `dim` (the embedder's width) is only needed to create an empty index before any vector exists.
+    """
     started = time.perf_counter()
     folder = settings.index_dir
     folder.mkdir(parents=True, exist_ok=True)
@@ -51,15 +58,17 @@ def sync_index(settings: Settings, embed_key: str, *, rebuild: bool = False, con
             action = "repaired"
         else:
             missing, extra = ids, np.zeros(0, dtype=np.int64)
-            index = _build(ids, vectors, config or IndexConfig())
+            index = _build(ids, vectors, config or IndexConfig(), dim)
         path = _publish(Session, folder, embed_key, index)
     return _report(action, index, embed_key, str(path), started, len(missing), len(extra))
 
 
-def _build(ids: np.ndarray, vectors: np.ndarray, config: IndexConfig) -> VectorIndex:
-    if len(ids) == 0:
-        return VectorIndex.empty(384 if vectors.ndim < 2 or vectors.shape[1] == 0 else vectors.shape[1], config)
-    return VectorIndex.build(ids, vectors, config)
+def _build(ids: np.ndarray, vectors: np.ndarray, config: IndexConfig, dim: int | None) -> VectorIndex:
+    if len(ids):
+        return VectorIndex.build(ids, vectors, config)
+    if dim is None:
+        raise IndexNotBuilt("no chunk embeddings yet: run `kb enrich` first")
+    return VectorIndex.empty(dim, config)
 
 
 def _publish(Session, folder: Path, embed_key: str, index: VectorIndex) -> Path:

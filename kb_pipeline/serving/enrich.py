@@ -101,19 +101,19 @@ def enrich(
         to_tag = derived.docs_needing_labels(session, models.versions["classify"]) if models.classifier else []
         to_sum = derived.docs_needing_summary(session, models.versions["summarise"]) if models.summariser else []
 
-    for done, batch in _batches(chunks, batch_size * 2, "embed", on_progress):
+    for batch in _batches(chunks, batch_size * 2, "embed", on_progress):
         vectors = models.embed([text for _, _, text in batch])
         with Session.begin() as session:
             report.embedded += derived.save_embeddings(session, models.embed_key, [(c, v) for c, v, _ in batch], vectors)
 
-    for done, batch in _batches(to_tag, batch_size, "classify", on_progress):
+    for batch in _batches(to_tag, batch_size, "classify", on_progress):
         predictions = models.classifier.predict(models.adapters, [model_input(t, x) for _, _, t, x in batch])
         rows = [dict(p, document_id=d, document_version=v) for (d, v, _, _), p in zip(batch, predictions)]
         with Session.begin() as session:
             derived.save_labels(session, rows, models.versions["classify"])
         report.tagged += len(rows)
 
-    for done, batch in _batches(to_sum, batch_size, "summarise", on_progress):
+    for batch in _batches(to_sum, batch_size, "summarise", on_progress):
         summaries = models.summariser.predict(models.adapters, [x for _, _, _, x in batch])
         rows = [dict(document_id=d, document_version=v, summary=s) for (d, v, _, _), s in zip(batch, summaries)]
         with Session.begin() as session:
@@ -122,16 +122,16 @@ def enrich(
 
     from kb_pipeline.indexing.sync import sync_index
 
-    report.index = sync_index(settings, models.embed_key)
+    report.index = sync_index(settings, models.embed_key, dim=models.adapters.backbone.hidden_size)
     report.seconds = time.perf_counter() - started
     return report
 
 
-def _batches(items: list, size: int, stage: str, on_progress: ProgressFn | None) -> Iterator[tuple[int, list]]:
+def _batches(items: list, size: int, stage: str, on_progress: ProgressFn | None) -> Iterator[list]:
     if on_progress:
         on_progress(stage, 0, len(items))
     for start in range(0, len(items), size):
         batch = items[start : start + size]
-        yield start + len(batch), batch
+        yield batch
         if on_progress:
             on_progress(stage, start + len(batch), len(items))

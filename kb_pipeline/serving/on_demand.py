@@ -7,13 +7,10 @@ from pathlib import Path
 from kb_pipeline.config import Settings
 from kb_pipeline.ingest.readers import ReadError, read_document
 from kb_pipeline.serving.enrich import TaskModels, load_task_models
+from kb_pipeline.serving.errors import NotAvailable
 from kb_pipeline.store import repo
 from kb_pipeline.store.db import session_factory
 from kb_pipeline.training.datasets import model_input
-
-
-class NotAvailable(RuntimeError):
-    """The adapter or document needed is missing; the message says what to do."""
 
 
 def _document(settings: Settings, ref: str) -> tuple[str, str]:
