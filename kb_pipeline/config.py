@@ -54,6 +54,8 @@ class Settings:
     # Adapt only the top N transformer layers ("auto": the top third, "all": every layer). Below the
     # adapted layers the backbone is shared by every task, so its output is computed once per text.
     adapter_layers: int | str = "auto"
+    # `kb run` / pipeline_flow retrain a task when more than this share of its labelled data changed.
+    retrain_share: float = 0.2
     extra: dict = field(default_factory=dict, compare=False)
 
     @classmethod
@@ -70,6 +72,7 @@ class Settings:
             chunk_tokens=_env_number("KB_CHUNK_TOKENS", 200, int),
             chunk_overlap=int(os.environ.get("KB_CHUNK_OVERLAP") or 40),
             adapter_layers=_adapter_layers(os.environ.get("KB_ADAPTER_LAYERS")),
+            retrain_share=_env_number("KB_RETRAIN_SHARE", 0.2),
         )
 
     def with_(self, **changes) -> "Settings":

@@ -91,3 +91,18 @@ def test_unknown_document_and_missing_path_are_clear_errors(kb_home, tmp_path):
     assert result.exit_code == 1 and "no document 'does-not-exist.md'" in result.output
     result = kb("ingest", str(tmp_path / "nowhere"))
     assert result.exit_code == 1 and "nowhere: no such file or folder" in result.output
+
+
+def test_text_output_shows_brackets_in_titles_and_tags_literally(kb_home, tmp_path):
+    """Titles, tags and summaries are text: rich must not swallow '[draft]' as markup."""
+    root = tmp_path / "docs"
+    root.mkdir()
+    (root / "plan.md").write_text(
+        "---\ntitle: Budget [draft] 2027\ncategory: finance\ntags: [bold]\nsummary: Costs [red]up[/red].\n---\n# Plan\n\nText.\n"
+    )
+    assert kb("init").exit_code == 0
+    assert kb("ingest", str(root)).exit_code == 0
+    shown = kb("show", str(root / "plan.md"))
+    assert shown.exit_code == 0, shown.output
+    assert "Budget [draft] 2027" in shown.output
+    assert "tags: bold" in shown.output and "Costs [red]up[/red]." in shown.output

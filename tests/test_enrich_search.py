@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings as hsettings, strategies as st
 from sqlalchemy import select
@@ -11,14 +12,17 @@ from sqlalchemy import select
 from kb_pipeline.indexing import sync
 from kb_pipeline.indexing.vector_index import VectorIndex
 from kb_pipeline.ingest.pipeline import ingest
-from kb_pipeline.serving.enrich import enrich, load_task_models
+from kb_pipeline.serving.enrich import enrich, enrich_batch, load_task_models, load_work, plan_enrich, shared_pass
+from kb_pipeline.serving.on_demand import summarise_document, summarise_file, tag_document
 from kb_pipeline.serving.search import Filters, search
 from kb_pipeline.store import derived
 from kb_pipeline.store.db import session_factory
-from kb_pipeline.store.schema import PredictedLabel
+from kb_pipeline.store.schema import Document, PredictedLabel
+from kb_pipeline.training import registry
+from kb_pipeline.training.datasets import model_input
 from kb_pipeline.training.loop import TrainConfig
 from kb_pipeline.training.service import train_tasks
-from tiny_models import single_threaded, tiny_bert_backbone
+from tiny_models import single_threaded, tiny_bert_backbone, tiny_llama_backbone
 
 WORDS = ["leave", "deploy", "invoice", "contract", "laptop", "incident", "budget", "holiday", "release", "privacy"]
 
@@ -106,6 +110,108 @@ def test_training_marks_exactly_the_affected_outputs_stale(settings, tmp_path, b
     with session_factory(settings)() as s:
         versions = set(s.scalars(select(PredictedLabel.adapter_version)))
     assert versions == {models.versions["classify"]}
+
+
+class LayerCalls:
+    """Counts real forwards of one transformer layer (replayed layers never call their children)."""
+
+    def __init__(self, layer):
+        self.calls = 0
+        self.handle = next(layer.children()).register_forward_pre_hook(self)
+
+    def __call__(self, *_):
+        self.calls += 1
+
+
+def assert_same_labels(a: dict, b: dict, thresholds: dict[str, float]) -> None:
+    assert a["category"] == b["category"] and a["category_score"] == pytest.approx(b["category_score"], abs=1e-5)
+    ta, tb = dict(a["tags"]), dict(b["tags"])
+    for tag in set(ta) ^ set(tb):  # only a score within rounding of its threshold may fall on either side
+        assert abs(ta.get(tag, tb.get(tag)) - thresholds[tag]) < 1e-5, (tag, a, b)
+    for tag in set(ta) & set(tb):
+        assert ta[tag] == pytest.approx(tb[tag], abs=1e-5)
+
+
+def test_enrichment_shares_one_lower_layer_pass_per_batch_and_matches_each_task(settings, tmp_path, backbone):
+    ingest(settings, [write_corpus(tmp_path / "c")])
+    # max_length 128 = the tiny backbone's limit: classify and summarise read chunks as enrichment tokenises them
+    cfg = TrainConfig(epochs=1, batch_size=4, max_length=128, max_steps=2)
+    for outcome in train_tasks(settings, ["classify", "embed", "summarise"], backbone=backbone, train_config=cfg):
+        assert outcome.trained, outcome.message
+        if outcome.status != "active":  # embed may not beat the untuned backbone in 2 steps; sharing is the point
+            with session_factory(settings).begin() as s:
+                registry.promote(s, outcome.version)
+    models = load_task_models(settings, backbone)
+    assert set(models.versions) == {"classify", "embed", "summarise"}
+    assert models.classifier.reads_chunks and models.summariser.reads_chunks
+    [ids] = plan_enrich(settings, models).batches
+    with session_factory(settings)() as s:
+        docs = load_work(s, models, ids)
+    assert len(docs) == 12 and all(d.label and d.summary and all(c.embed for c in d.chunks) for d in docs)
+
+    bottom = LayerCalls(backbone.transformer_layers()[0])
+    shared = shared_pass(models, docs, batch_size=8)
+    shared_calls = bottom.calls
+    separate = shared_pass(models, docs, batch_size=8, share=False)
+    separate_calls = bottom.calls - shared_calls
+    bottom.handle.remove()
+
+    chunks = sum(len(d.chunks) for d in docs)
+    assert shared.stats["batches"] == -(-chunks // 8)  # every chunk is read by embed, so batches cover them all
+    assert shared_calls == shared.stats["batches"]  # the lower layers ran once per batch, for all three tasks
+    assert set(shared.stats["rows"]) == {"embed", "classify", "summarise"}
+    assert shared.stats["rows"]["embed"] == chunks and shared.stats["rows"]["classify"] == 2 * len(docs)
+    assert separate_calls == separate.stats["task_passes"] == shared.stats["task_passes"] > 2 * shared_calls
+    assert "separate" not in shared.stats  # nothing fell back to a task's own pass
+
+    # shared == separate passes == each task's own code path
+    texts = [c.text for d in docs for c in d.chunks]
+    own_vectors = models.embed(texts)
+    for i, chunk in enumerate(c for d in docs for c in d.chunks):
+        np.testing.assert_allclose(shared.vectors[chunk.id], separate.vectors[chunk.id], atol=1e-5)
+        np.testing.assert_allclose(shared.vectors[chunk.id], own_vectors[i], atol=1e-5)
+    own_labels = models.classifier.predict(
+        models.adapters, [model_input(d.title, d.text) for d in docs], chunks=[[c.text for c in d.chunks] for d in docs]
+    )
+    thresholds = dict(zip(models.classifier.config["tags"], models.classifier.config["thresholds"]))
+    own_summaries = models.summariser.predict(
+        models.adapters, [d.text for d in docs], chunks=[[(c.start, c.end) for c in d.chunks] for d in docs]
+    )
+    for doc, label, summary in zip(docs, own_labels, own_summaries):
+        assert_same_labels(shared.labels[doc.id], separate.labels[doc.id], thresholds)
+        assert_same_labels(shared.labels[doc.id], label, thresholds)
+        assert shared.summaries[doc.id] == separate.summaries[doc.id] == summary and summary
+
+    report = enrich_batch(settings, models, ids, batch_size=8)
+    assert (report.embedded, report.tagged, report.summarised) == (chunks, 12, 12)
+    assert enrich_batch(settings, models, ids).as_dict()["embedded"] == 0  # a retry finds nothing left to do
+
+    # `kb tag` / `kb summarise` read a document exactly as enrichment does (a file: the chunks ingest would cut)
+    doc = docs[3]
+    tagged = tag_document(settings, str(doc.id), models)
+    assert_same_labels({k: tagged[k] for k in ("category", "category_score", "tags")}, shared.labels[doc.id], thresholds)
+    assert summarise_document(settings, str(doc.id), models)["summary"] == shared.summaries[doc.id]
+    with session_factory(settings)() as s:
+        path = s.get(Document, doc.id).path
+    assert summarise_file(settings, Path(path), models)["summary"] == shared.summaries[doc.id]
+
+
+def test_a_decoder_keeps_its_abstractive_summariser_beside_the_shared_pass(settings, tmp_path):
+    backbone = tiny_llama_backbone()
+    ingest(settings, [write_corpus(tmp_path / "c", n=6)])
+    cfg = TrainConfig(epochs=1, batch_size=4, max_length=128, max_steps=1)
+    for outcome in train_tasks(settings, ["classify", "summarise"], backbone=backbone, train_config=cfg):
+        assert outcome.trained and outcome.status == "active", outcome.message
+    models = load_task_models(settings, backbone)
+    assert models.classifier.reads_chunks and not models.summariser.reads_chunks  # abstractive: its own path
+    [ids] = plan_enrich(settings, models).batches
+    with session_factory(settings)() as s:
+        docs = load_work(s, models, ids)
+    out = shared_pass(models, docs)
+    assert set(out.stats["rows"]) == {None, "classify"}  # untuned embed and classify share the trunk
+    assert out.stats["separate"] == {"classify": 0, "summarise": 6}
+    assert set(out.labels) == set(out.summaries) == {d.id for d in docs}
+    assert all(isinstance(text, str) for text in out.summaries.values())
 
 
 @pytest.fixture

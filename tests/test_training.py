@@ -269,3 +269,82 @@ def test_result_saves_and_reloads_with_adapter(tmp_path):
     fresh = AdapterSet(backbone)  # replaces the old set: adapters are gone until loaded
     _, heads, meta = load_adapter(fresh, tmp_path / "classify")
     assert Classifier.from_tensors(heads, meta).predict(fresh, texts) == expected
+
+
+# ----------------------------------------------------------------------------- chunk inputs (shared trunk)
+
+
+def test_sentences_are_read_in_the_first_chunk_that_holds_them_whole():
+    from kb_pipeline.training.chunked import encode_chunks, sentence_slots
+
+    tokenizer = tiny_backbone("bert").tokenizer
+    text = "Reset your password now. The backup failed. Travel needs approval."
+    s1, s2, s3 = split_sentences(text)
+    chunks = [(0, s2.end), (s2.start, len(text))]  # s2 sits in both chunks (the overlap)
+    encoded = encode_chunks(tokenizer, [text[a:b] for a, b in chunks], 64)
+    slots = sentence_slots([s1, s2, s3], chunks, encoded)
+    assert [(s.sentence, s.chunk) for s in slots] == [(0, 0), (1, 0), (2, 1)]
+    for slot, sentence in zip(slots, (s1, s2, s3)):  # the slot's tokens are exactly the sentence's
+        alone = tokenizer(sentence.text, add_special_tokens=False)["input_ids"]
+        assert encoded[slot.chunk].ids[slot.start : slot.end] == alone
+    truncated = encode_chunks(tokenizer, [text], 6)  # [CLS] + 4 tokens + [SEP]: the later sentences are cut off
+    assert [s.sentence for s in sentence_slots([s1, s2, s3], [(0, len(text))], truncated)] == [0]
+
+
+def test_span_mean_pools_each_span_of_its_row():
+    from kb_pipeline.backbone.heads import span_mean
+
+    hidden = torch.randn(2, 5, 3, requires_grad=True)
+    out = span_mean(hidden, torch.tensor([1, 0, 1]), torch.tensor([0, 2, 4]), torch.tensor([2, 5, 5]))
+    expected = torch.stack([hidden[1, 0:2].mean(0), hidden[0, 2:5].mean(0), hidden[1, 4:5].mean(0)])
+    assert torch.allclose(out, expected, atol=1e-6)
+    out.sum().backward()
+    assert hidden.grad is not None and hidden.grad[0, :2].abs().sum() == 0  # untouched tokens get no gradient
+
+
+def test_extractive_summariser_scores_sentences_from_their_chunk_context():
+    """A sentence's probability comes from its tokens' states in the chunk, not from the sentence alone."""
+    from kb_pipeline.backbone.heads import position_features
+    from kb_pipeline.training.summarise import plan_document, slot_vectors
+    from kb_pipeline.training.chunked import encode_chunks
+    from kb_pipeline.training.tasks import pad_batch
+
+    adapters = AdapterSet(tiny_backbone("bert"))
+    data = summary_data(6)
+    result = train_summarise(adapters, data[:4], data[4:], adapter_config("lora"), tiny_cfg(epochs=1, batch_size=2))
+    summariser = Summariser.from_result(result)
+    assert summariser.reads_chunks and result.head_config["input"] == "chunks"
+    text = data[0].text
+    chunks = [(0, len(text))]
+    with adapters.using("summarise"):
+        [(spans, probs)] = summariser.chunk_probs(adapters, [text], [chunks])
+    encoded = encode_chunks(adapters.backbone.tokenizer, [text], 64)
+    plan = plan_document(text, chunks, encoded)
+    ids, mask = pad_batch([encoded[0].ids], 0)
+    with adapters.using("summarise"), torch.no_grad():
+        hidden = adapters.hidden_states(ids, mask)
+        vectors = slot_vectors(hidden, [0] * len(plan.slots), plan.slots)
+        n = len(plan.spans)
+        expected = torch.sigmoid(summariser.scorer(vectors, position_features(torch.arange(n), torch.full((n,), n))))
+    assert probs == pytest.approx(expected.tolist(), abs=1e-6)
+    with adapters.using("summarise"):  # the pre-chunk path (older versions) encodes each sentence on its own
+        _, alone = summariser.sentence_probs(adapters, text)
+    assert alone != pytest.approx(probs, abs=1e-4)
+
+
+def test_classifier_pools_the_first_chunks_of_a_document():
+    adapters = AdapterSet(tiny_backbone("bert"))
+    data = classify_data(12)
+    chunked = [ClassifyExample(e.text, e.category, e.tags, (e.text, "the team report plan")) for e in data]
+    result = train_classify(adapters, chunked[:8], chunked[8:], adapter_config("lora"), tiny_cfg(epochs=1))
+    classifier = Classifier.from_result(result)
+    assert classifier.reads_chunks and classifier.first_chunks == result.head_config["first_chunks"] >= 2
+    texts = [e.text for e in data[:4]]
+    chunks = [[t, "the team report plan", "x y"] for t in texts]
+    by_chunks = classifier.predict(adapters, ["ignored"] * 4, chunks=chunks)
+    from kb_pipeline.training.classify import pooled_groups_in_batches
+
+    with adapters.using("classify"):
+        x = pooled_groups_in_batches(adapters, [[t, "the team report plan"] for t in texts], 64, "mean")
+    assert by_chunks == classifier.predict_vectors(x)  # only the first `first_chunks` chunks are read
+    assert classifier.predict(adapters, texts) == classifier.predict(adapters, ["?"] * 4, chunks=[[t] for t in texts])

@@ -73,3 +73,80 @@ def test_all_layer_adapters_and_the_plain_backbone_bypass_the_cache():
         adapters.activate(task)
         assert adapters.trunk_split() == 0
     adapters.close()
+
+
+def _noisy_tasks(adapters, kind, tasks=("embed", "classify", "summarise"), layers=2):
+    for seed, task in enumerate(tasks, start=1):
+        adapters.add(task, AdapterConfig(kind=kind, layers=layers), seed=seed)
+        with torch.no_grad():  # a fresh adapter is the identity: make each task compute something different
+            for p in adapters.parameters(task):
+                p.add_(torch.randn_like(p) * 0.1)
+
+
+class _Counter:
+    """Counts real forwards of a transformer layer (a replayed layer never calls its children)."""
+
+    def __init__(self, layer):
+        self.calls = 0
+        self.handle = next(layer.children()).register_forward_pre_hook(self)
+
+    def __call__(self, *_):
+        self.calls += 1
+
+    def remove(self):
+        self.handle.remove()
+
+
+@pytest.mark.parametrize("family", ["bert", "llama"])
+@pytest.mark.parametrize("kind", ["lora", "bottleneck"])
+def test_branched_states_equal_each_tasks_own_forward(family, kind):
+    backbone = tiny_backbone(family)
+    adapters = AdapterSet(backbone)
+    _noisy_tasks(adapters, kind)
+    b = batch(backbone, TEXTS)
+    rows = {"embed": [0, 1, 2], "classify": [1], "summarise": [2, 0], None: [1, 2]}
+    with torch.no_grad():
+        branched = adapters.branched_states(b["input_ids"], b["attention_mask"], rows)
+        for task, task_rows in rows.items():
+            ids, mask = b["input_ids"][task_rows], b["attention_mask"][task_rows]
+            with adapters.using(task):
+                own = adapters.hidden_states(ids, mask, output_all=True)[-1]  # no trunk, no cache
+            width = branched[task].shape[1]
+            real = b["attention_mask"][task_rows, :width].bool()
+            assert width == int(b["attention_mask"][task_rows].sum(1).max())  # trimmed to the task's longest row
+            assert torch.allclose(branched[task][real], own[:, :width][real], atol=1e-5), task
+    assert adapters.active is None  # whatever was active before is active again
+    adapters.close()
+
+
+def test_branched_states_run_the_lower_layers_once_for_every_task():
+    backbone = tiny_backbone("bert")
+    adapters = AdapterSet(backbone)
+    _noisy_tasks(adapters, "lora")
+    b = batch(backbone, TEXTS)
+    rows = {"embed": [0, 1, 2], "classify": [0], "summarise": [1, 2]}
+    layers = backbone.transformer_layers()
+    bottom, top = _Counter(layers[0]), _Counter(layers[-1])
+    with torch.no_grad():
+        adapters.branched_states(b["input_ids"], b["attention_mask"], rows)
+        shared = (bottom.calls, top.calls)
+        adapters.branched_states(b["input_ids"], b["attention_mask"], rows, share=False)
+    bottom.remove(), top.remove()
+    assert adapters.shared_split(list(rows)) == 2
+    assert shared == (1, 3)  # frozen layers once for the batch, adapted layers once per task
+    assert (bottom.calls - shared[0], top.calls - shared[1]) == (3, 3)  # separate passes: everything per task
+    assert all(layer.forward.__func__ is type(layer).forward for layer in layers)  # replay undone
+    adapters.close()
+
+
+def test_tasks_adapting_different_depths_share_the_lowest_common_trunk():
+    backbone = tiny_backbone("bert")
+    adapters = AdapterSet(backbone)
+    adapters.add("deep", AdapterConfig(kind="lora", layers=3))
+    adapters.add("shallow", AdapterConfig(kind="lora", layers=1))
+    adapters.add("everywhere", AdapterConfig(kind="lora", layers=None))
+    assert adapters.shared_split(["deep", "shallow", None]) == 1
+    assert adapters.shared_split(["shallow", None]) == 3
+    assert adapters.shared_split(["everywhere", "shallow"]) == 0  # nothing below every adapter: no trunk
+    assert adapters.shared_split([None]) == 0  # the plain backbone alone needs no branching
+    adapters.close()

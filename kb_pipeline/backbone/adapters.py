@@ -11,14 +11,14 @@ import re
 import warnings
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, fields
-from typing import Iterator
+from typing import Iterator, Mapping, Sequence
 
 import torch
 from torch import nn
 
 from kb_pipeline.backbone.bottleneck import ACTIVATIONS, BottleneckAdapter, BottleneckLayer, _Switch
 from kb_pipeline.backbone.loading import Backbone
-from kb_pipeline.backbone.trunk import TrunkCache, replaying, trunk_states
+from kb_pipeline.backbone.trunk import TrunkCache, lower_states, replaying, trunk_states
 
 KINDS = ("lora", "bottleneck")
 BUDGET_SHARE = 0.02  # an adapter larger than 2% of the backbone defeats the point of sharing it
@@ -151,6 +151,11 @@ class AdapterSet:
         else:
             self._remove_bottleneck(task)
         self.activate(self.active)
+
+    @property
+    def closed(self) -> bool:
+        """True once closed, or taken over by a newer AdapterSet on the same backbone (e.g. by training)."""
+        return self._closed
 
     def close(self) -> None:
         """Remove every adapter and release the backbone; the set is unusable afterwards."""
@@ -390,8 +395,66 @@ class AdapterSet:
         """How many lower layers the active adapter leaves untouched (their output can be cached)."""
         if self.active is None:
             return 0
-        top = self._configs[self.active].layers
+        return self.split_for(self.active)
+
+    def split_for(self, task: str | None) -> int:
+        """Lower layers `task`'s adapter leaves untouched; the plain backbone (None) can be split anywhere."""
+        if task is None:
+            return self.backbone.num_layers
+        top = self.config(task).layers
         return max(0, self.backbone.num_layers - top) if top else 0
+
+    def shared_split(self, tasks: Sequence[str | None]) -> int:
+        """Lower layers that none of `tasks` adapts: the trunk they can share (0: nothing to share)."""
+        split = min((self.split_for(t) for t in tasks), default=0)
+        return 0 if split >= self.backbone.num_layers else split
+
+    def branched_states(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        rows: Mapping[str | None, Sequence[int]],
+        *,
+        share: bool = True,
+    ) -> dict[str | None, torch.Tensor]:
+        """One batch, several tasks: the frozen lower layers run ONCE, then each task's top layers on its rows.
+
+        input_ids, attention_mask: (B, T), right-padded. rows: task (None = the plain backbone) -> indices
+        into the batch. Returns task -> (len(rows), T_task, H) last hidden states, T_task trimmed to the
+        longest of the task's rows. Equal (up to float rounding) to each task's own `hidden_states` on those
+        rows. share=False runs every task's full forward instead: the same outputs at the cost of separate
+        passes (what benchmarks compare against). The trunk runs without gradient; the top layers follow the
+        caller's grad mode. The previously active task is active again afterwards.
+        """
+        self._check_open()
+        wanted = {task: list(r) for task, r in rows.items() if len(r)}
+        if not wanted:
+            return {}
+        split = self.shared_split(list(wanted)) if share else 0
+        base = self.backbone.model.base_model
+        extra = {"use_cache": False} if self.backbone.family == "decoder" else {}
+        layers = self.backbone.transformer_layers()
+        if split:
+            needed = sorted({r for task_rows in wanted.values() for r in task_rows})
+            width = int(attention_mask[needed].sum(dim=1).max())
+            trunk = lower_states(
+                base, layers, split, input_ids[needed, :width], attention_mask[needed, :width], **extra
+            )  # (N, W, H): the only lower-layer forward of this batch
+            position = {row: i for i, row in enumerate(needed)}
+        out: dict[str | None, torch.Tensor] = {}
+        with self.using(self.active):  # restores the active task afterwards
+            for task, task_rows in wanted.items():
+                self.activate(task)
+                mask = attention_mask[task_rows]
+                width = int(mask.sum(dim=1).max())
+                ids, mask = input_ids[task_rows, :width], mask[:, :width]
+                if split:
+                    states = trunk[[position[r] for r in task_rows], :width]  # (R, W, H)
+                    with replaying(layers, split, states):
+                        out[task] = base(input_ids=ids, attention_mask=mask, **extra).last_hidden_state
+                else:
+                    out[task] = base(input_ids=ids, attention_mask=mask, **extra).last_hidden_state
+        return out
 
     def lm_logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """(B, T, V) next-token logits with the active adapter; decoders only."""

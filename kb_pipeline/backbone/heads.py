@@ -43,6 +43,20 @@ def pooled_size(hidden_size: int, method: str) -> int:
     return 2 * hidden_size if method == "mean+last" else hidden_size
 
 
+def span_mean(hidden: Tensor, rows: Tensor, starts: Tensor, ends: Tensor) -> Tensor:
+    """Mean of hidden[row, start:end] for each span (a sentence inside its chunk).
+
+    hidden (B, T, H); rows, starts, ends (N,) integer tensors -> (N, H). Differentiable; an empty span gives 0.
+    """
+    batch, width, size = hidden.shape
+    positions = torch.arange(width, device=hidden.device)  # (T,)
+    inside = (positions >= starts[:, None]) & (positions < ends[:, None])  # (N, T)
+    weights = inside.to(hidden.dtype) / inside.sum(dim=1, keepdim=True).clamp(min=1).to(hidden.dtype)  # (N, T)
+    spread = hidden.new_zeros((len(rows), batch, width))  # (N, B, T): each span's weights on its own row
+    spread[torch.arange(len(rows), device=hidden.device), rows] = weights
+    return spread.reshape(len(rows), batch * width) @ hidden.reshape(batch * width, size)  # (N, H)
+
+
 def l2_normalize(x: Tensor) -> Tensor:
     """Unit-length rows, so a dot product is a cosine similarity (what the vector index stores)."""
     return F.normalize(x, p=2, dim=-1)

@@ -1,9 +1,15 @@
-"""The shared trunk: outputs of the frozen layers below the active adapter, computed once per text.
+"""The shared trunk: outputs of the frozen layers below the adapters, computed once and branched per task.
 
-When a task's adapter sits only in the top N layers, the layers below it compute the same function
-for every task, every epoch and every validation pass. Their output for a text is cached (keyed by
-its token ids) and later forwards skip those layers: the lower layers become an identity and the
-last of them hands back the cached states, so only the adapted top layers run.
+When the task adapters sit only in the top N layers, the layers below them compute the same function
+for every task. Two uses of that:
+
+- training (`TrunkCache` + `trunk_states`): the trunk output of a text is cached, keyed by its token ids,
+  so every epoch, every validation pass and every task that reads the same chunk reuses it;
+- enrichment (`lower_states` once per batch, then `replaying` per task): one forward through the frozen
+  layers, then each task's adapted top layers start from those states.
+
+Either way the lower layers become an identity during the top-layer forward and the last of them hands
+back the given states, so only the adapted top layers run.
 """
 
 from __future__ import annotations
@@ -76,6 +82,13 @@ def trunk_states(
     for i, row in enumerate(rows):
         states[i, : row.shape[0]] = row
     return states
+
+
+def lower_states(
+    base: nn.Module, layers: nn.ModuleList, split: int, input_ids: torch.Tensor, attention_mask: torch.Tensor, **kwargs
+) -> torch.Tensor:
+    """(B, T, H) output of layers[:split] (no cache, no gradient): the trunk every task branches from."""
+    return _capture(base, layers[split - 1], input_ids, attention_mask, **kwargs)
 
 
 def _capture(base: nn.Module, last_frozen: nn.Module, input_ids, attention_mask, **kwargs) -> torch.Tensor:

@@ -5,6 +5,7 @@
 from kb_pipeline.cli import store_commands  # noqa: F401  isort: skip
 from kb_pipeline.cli import train_commands  # noqa: F401  isort: skip
 from kb_pipeline.cli import serve_commands  # noqa: F401  isort: skip
+from kb_pipeline.cli import eval_commands  # noqa: F401  isort: skip
 from kb_pipeline.cli.common import app
 
 __all__ = ["app"]

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import List, Optional
 
 import typer
+from rich.markup import escape  # titles, tags and snippets are text, never markup
 
 from kb_pipeline.cli.common import (
     EXTRA_USER_ERRORS, JsonOpt, UserError, app, command, emit_json, err, out, progress_bar, ready_settings,
@@ -126,10 +127,10 @@ def _print_results(query: str, results: list[dict]) -> None:
         out.print(f"No documents match {query!r} (or none you may read).", highlight=False)
         return
     for rank, r in enumerate(results, 1):
-        tags = f"  [{', '.join(r['tags'])}]" if r["tags"] else ""
-        out.print(f"[bold]{rank}. {r['title']}[/bold]{tags}  (score {r['score']:.4f})", highlight=False)
-        out.print(f"   {r['path']}", style="dim", highlight=False, soft_wrap=True)
-        out.print(f"   {r['snippet']}", highlight=False)
+        tags = escape(f"  [{', '.join(r['tags'])}]") if r["tags"] else ""
+        out.print(f"[bold]{rank}. {escape(r['title'])}[/bold]{tags}  (score {r['score']:.4f})", highlight=False)
+        out.print(f"   {r['path']}", style="dim", highlight=False, soft_wrap=True, markup=False)
+        out.print(f"   {r['snippet']}", highlight=False, markup=False)
 
 
 @index_app.command("check")
@@ -228,9 +229,9 @@ def tag(doc: str = typer.Argument(..., help="Document id or path."), json_out: b
     if json_out:
         emit_json(result)
         return
-    out.print(f"{result['title']}: {result['category']} ({result['category_score']:.2f})", highlight=False)
+    out.print(f"{result['title']}: {result['category']} ({result['category_score']:.2f})", highlight=False, markup=False)
     for name, score in result["tags"]:
-        out.print(f"  {name} ({score:.2f})", highlight=False)
+        out.print(f"  {name} ({score:.2f})", highlight=False, markup=False)
 
 
 @app.command()
@@ -250,4 +251,4 @@ def summarise(
     if json_out:
         emit_json(result)
     else:
-        out.print(f"[bold]{result['title']}[/bold]\n{result['summary']}", highlight=False)
+        out.print(f"[bold]{escape(result['title'])}[/bold]\n{escape(result['summary'])}", highlight=False)

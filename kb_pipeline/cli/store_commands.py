@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import List, Optional
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from kb_pipeline.cli.common import (
@@ -129,13 +130,13 @@ def show(doc: str = typer.Argument(..., help="Document id or path."), json_out: 
         emit_json(data)
         return
     gold = data["gold"]
-    out.print(f"[bold]{data['title']}[/bold]  (#{data['id']}, v{data['version']}, {data['status']})")
-    out.print(f"path:     {data['path']}", highlight=False)
-    out.print(f"type:     {data['mime']}, {data['size']} bytes, {len(data['chunks'])} chunks", highlight=False)
-    out.print(f"category: {gold['category'] or '-'}   tags: {', '.join(gold['tags']) or '-'}", highlight=False)
-    out.print(f"access:   {', '.join(gold['acl']) or 'everyone'}", highlight=False)
+    out.print(f"[bold]{escape(data['title'])}[/bold]  (#{data['id']}, v{data['version']}, {data['status']})")
+    out.print(f"path:     {data['path']}", highlight=False, markup=False)
+    out.print(f"type:     {data['mime']}, {data['size']} bytes, {len(data['chunks'])} chunks", highlight=False, markup=False)
+    out.print(f"category: {gold['category'] or '-'}   tags: {', '.join(gold['tags']) or '-'}", highlight=False, markup=False)
+    out.print(f"access:   {', '.join(gold['acl']) or 'everyone'}", highlight=False, markup=False)
     if gold["summary"]:
-        out.print(f"summary:  {gold['summary']}", highlight=False)
+        out.print(f"summary:  {gold['summary']}", highlight=False, markup=False)
     preview = data["text"][:600]
     out.print("\n" + preview + ("…" if len(data["text"]) > 600 else ""), highlight=False)
 
@@ -192,8 +193,8 @@ def errors(
         out.print("No ingest errors.")
         return
     for r in rows:  # one error per entry, paths unbroken so they can be copied
-        out.print(f"[yellow]{r['kind']}[/yellow] {r['path']}", soft_wrap=True, highlight=False)
-        out.print(f"    {r['message'].split(': ', 1)[-1]}", soft_wrap=True, highlight=False)
+        out.print(f"[yellow]{r['kind']}[/yellow] {escape(r['path'])}", soft_wrap=True, highlight=False)
+        out.print(f"    {r['message'].split(': ', 1)[-1]}", soft_wrap=True, highlight=False, markup=False)
     out.print(f"{len(rows)} file(s) could not be ingested")
 
 

@@ -76,13 +76,13 @@ def _print_outcomes(outcomes) -> None:
             highlight=False,
         )
         if others:
-            out.print(f"    {others}", highlight=False)
+            out.print(f"    {others}", highlight=False, markup=False)
         out.print(
             f"    adapter {o.adapter_params:,} params = {o.adapter_share:.3%} of the backbone's "
             f"{o.backbone_params:,}; head {o.head_params:,}; files {o.size_bytes / 1e6:.2f} MB; {o.seconds:.0f} s",
             highlight=False,
         )
-        out.print(f"    {o.message}", highlight=False)
+        out.print(f"    {o.message}", highlight=False, markup=False)
 
 
 @adapters_app.callback()

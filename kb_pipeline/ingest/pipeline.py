@@ -50,96 +50,172 @@ class IngestReport:
 
 
 @dataclass
-class _Pending:
+class PendingFile:
     entry: FileEntry
     known_id: int | None
     was_active: bool  # False for a new file or one that comes back after deletion
 
 
+@dataclass
+class IngestUnit:
+    """Files of one source to parse and write: the unit of work one worker takes."""
+
+    source_id: int
+    files: list[PendingFile]
+
+
+@dataclass
+class IngestPlan:
+    """What a run has to do, decided up front: changed files in units, then tombstones."""
+
+    run_id: int
+    units: list[IngestUnit] = field(default_factory=list)
+    gone: list[int] = field(default_factory=list)  # documents whose files vanished
+    counts: Counter = field(default_factory=Counter)  # skipped and unchanged, found while planning
+    total_files: int = 0
+    started_at: float = field(default_factory=time.time)
+
+
 def ingest(settings: Settings, paths: list[Path], progress: ProgressFn | None = None) -> IngestReport:
-    started = time.perf_counter()
+    """plan_ingest -> ingest_unit for each unit -> finish_ingest, in this process."""
+    done = 0
+
+    def step(path: str, total: int) -> None:
+        nonlocal done
+        done += 1
+        if progress:
+            progress(done, total, path)
+
+    plan = plan_ingest(settings, paths, on_file=step)
+    with sandboxed_reader(settings) as reader:
+        parts = [
+            ingest_unit(settings, unit, reader=reader, on_file=lambda p: step(p, plan.total_files))
+            for unit in plan.units
+        ]
+    return finish_ingest(settings, plan, parts)
+
+
+def plan_ingest(
+    settings: Settings,
+    paths: list[Path],
+    *,
+    files_per_unit: int = 500,
+    on_file: Callable[[str, int], None] | None = None,
+) -> IngestPlan:
+    """Start a run, scan the folders and sort files into unchanged, to (re)parse and vanished.
+
+    Unchanged files whose mtime moved are touched here; nothing else is written.
+    """
     resolved = check_paths(paths)
     Session = session_factory(settings)
     with Session.begin() as session:
-        report = IngestReport(run_id=repo.start_run(session, [str(p) for p in resolved]))
-
-    plans = []
+        plan = IngestPlan(run_id=repo.start_run(session, [str(p) for p in resolved]))
+    scanned = []
     for path in resolved:
-        root, scope = source_root_and_scope(path)
-        with Session.begin() as session:
-            source, scope = repo.resolve_source(session, root, scope)
-            known = repo.known_files(session, source.id, scope)
+        source, scope, known = _resolve_source(Session, *source_root_and_scope(path))
         found = scan(Path(source.root), scope)
-        report.counts["skipped"] += len(found.skipped)
-        plans.append((source.id, scope, found, known))
+        plan.counts["skipped"] += len(found.skipped)
+        plan.total_files += len(found.files)
+        scanned.append((source.id, scope, found, known))
+    for source_id, scope, found, known in scanned:
+        pending: list[PendingFile] = []
+        touched: list[tuple[int, int, float]] = []
+        for entry in found.files:
+            row = known.get(entry.uri)
+            if is_unchanged_fast(entry, row):
+                plan.counts["unchanged"] += 1
+            elif row is not None and row.status == "active" and _same_content(entry, row.sha256):
+                touched.append((row.id, entry.size, entry.mtime))
+                plan.counts["unchanged"] += 1
+            else:
+                pending.append(PendingFile(entry, row.id if row else None, row is not None and row.status == "active"))
+                continue
+            if on_file:
+                on_file(str(entry.path), plan.total_files)
+        if touched:
+            with Session.begin() as session:
+                for doc_id, size, mtime in touched:
+                    repo.touch_document(session, doc_id, size, mtime)
+        for start in range(0, len(pending), files_per_unit):
+            plan.units.append(IngestUnit(source_id, pending[start : start + files_per_unit]))
+        seen = {entry.uri for entry in found.files}
+        plan.gone += [
+            row.id for uri, row in known.items() if row.status == "active" and uri not in seen and in_scope(uri, scope)
+        ]
+    return plan
 
-    total = sum(len(found.files) for _, _, found, _ in plans)
-    done = 0
-    tokenizer = None
-    processes = max(1, min(2, os.cpu_count() or 1))
-    with SandboxedReader(
+
+def _resolve_source(Session, root: Path, scope: str, attempts: int = 3):
+    """The source row for a path; a concurrent run creating the same source first is retried, not fatal."""
+    for attempt in range(attempts):
+        try:
+            with Session.begin() as session:
+                source, scope = repo.resolve_source(session, root, scope)
+                return source, scope, repo.known_files(session, source.id, scope)
+        except IntegrityError:
+            if attempt == attempts - 1:
+                raise
+
+
+def sandboxed_reader(settings: Settings) -> SandboxedReader:
+    return SandboxedReader(
         max_bytes=settings.max_file_bytes,
         timeout_s=settings.parse_timeout_s,
         memory_mb=settings.parse_memory_mb,
-        processes=processes,
-    ) as reader:
-        for source_id, scope, found, known in plans:
-            pending: list[_Pending] = []
-            touched: list[tuple[int, int, float]] = []
-            for entry in found.files:
-                row = known.get(entry.uri)
-                if is_unchanged_fast(entry, row):
-                    report.counts["unchanged"] += 1
-                elif row is not None and row.status == "active" and _same_content(entry, row.sha256):
-                    touched.append((row.id, entry.size, entry.mtime))
-                    report.counts["unchanged"] += 1
-                else:
-                    pending.append(_Pending(entry, row.id if row else None, row is not None and row.status == "active"))
-                    continue
-                done += 1
-                if progress:
-                    progress(done, total, str(entry.path))
-            if touched:
-                with Session.begin() as session:
-                    for doc_id, size, mtime in touched:
-                        repo.touch_document(session, doc_id, size, mtime)
+        processes=max(1, min(2, os.cpu_count() or 1)),
+    )
 
-            batch: list[tuple[_Pending, repo.NewDocument]] = []
-            by_path = {p.entry.path: p for p in pending}
-            in_process = lambda path: parses_in_process(path, by_path[path].entry.size)  # noqa: E731
-            for path, result in reader.read_many(list(by_path), in_process=in_process):
-                item = by_path[path]
-                done += 1
-                if progress:
-                    progress(done, total, str(path))
-                if isinstance(result, ReadError):
-                    report.errors.append((str(path), result.kind, str(result)))
-                    continue
-                if tokenizer is None:
-                    tokenizer = chunk_tokenizer(settings.backbone, str(settings.models_dir))
-                batch.append((item, _new_document(item.entry, result, tokenizer, settings)))
-                if len(batch) >= settings.batch_size:
-                    _write_batch(Session, source_id, batch, report)
-                    batch = []
-            if batch:
-                _write_batch(Session, source_id, batch, report)
 
-            seen = {entry.uri for entry in found.files}
-            gone = [
-                row.id for uri, row in known.items()
-                if row.status == "active" and uri not in seen and in_scope(uri, scope)
-            ]
-            if gone:
-                with Session.begin() as session:
-                    report.counts["deleted"] += repo.mark_deleted(session, gone)
+def ingest_unit(
+    settings: Settings,
+    unit: IngestUnit,
+    *,
+    reader: SandboxedReader | None = None,
+    on_file: Callable[[str], None] | None = None,
+) -> IngestReport:
+    """Parse and write one unit's files (in batches of one transaction each); returns its counts and errors."""
+    if reader is None:
+        with sandboxed_reader(settings) as own:
+            return ingest_unit(settings, unit, reader=own, on_file=on_file)
+    Session = session_factory(settings)
+    report = IngestReport(run_id=0)
+    tokenizer = None
+    batch: list[tuple[PendingFile, repo.NewDocument]] = []
+    by_path = {p.entry.path: p for p in unit.files}
+    in_process = lambda path: parses_in_process(path, by_path[path].entry.size)  # noqa: E731
+    for path, result in reader.read_many(list(by_path), in_process=in_process):
+        item = by_path[path]
+        if on_file:
+            on_file(str(path))
+        if isinstance(result, ReadError):
+            report.errors.append((str(path), result.kind, str(result)))
+            continue
+        if tokenizer is None:
+            tokenizer = chunk_tokenizer(settings.backbone, str(settings.models_dir))
+        batch.append((item, _new_document(item.entry, result, tokenizer, settings)))
+        if len(batch) >= settings.batch_size:
+            _write_batch(Session, unit.source_id, batch, report)
+            batch = []
+    if batch:
+        _write_batch(Session, unit.source_id, batch, report)
+    return report
 
+
+def finish_ingest(settings: Settings, plan: IngestPlan, parts: list[IngestReport]) -> IngestReport:
+    """Tombstone vanished files, record errors and close the run (after every unit is written)."""
+    report = IngestReport(run_id=plan.run_id, counts=Counter(plan.counts))
+    for part in parts:
+        report.counts.update(part.counts)
+        report.errors += part.errors
+    Session = session_factory(settings)
+    if plan.gone:
+        with Session.begin() as session:
+            report.counts["deleted"] += repo.mark_deleted(session, plan.gone)
     report.counts["errors"] = len(report.errors)
-    report.seconds = time.perf_counter() - started
+    report.seconds = time.time() - plan.started_at
     with Session.begin() as session:
         repo.record_errors(session, report.run_id, report.errors)
-        repo.finish_run(
-            session, report.run_id, {k: report.counts.get(k, 0) for k in COUNT_KEYS}, report.seconds
-        )
+        repo.finish_run(session, report.run_id, {k: report.counts.get(k, 0) for k in COUNT_KEYS}, report.seconds)
     return report
 
 
@@ -187,7 +263,7 @@ def _new_document(entry: FileEntry, parsed: ParsedDocument, tokenizer, settings:
     )
 
 
-def _write_batch(Session, source_id: int, batch: list[tuple[_Pending, repo.NewDocument]], report: IngestReport) -> None:
+def _write_batch(Session, source_id: int, batch: list[tuple[PendingFile, repo.NewDocument]], report: IngestReport) -> None:
     """One transaction per batch; a document another process inserted meanwhile becomes an update.
 
     New documents go in with a few multi-row statements (repo.insert_documents). If one of them races

@@ -1,4 +1,8 @@
-"""`kb tag` and `kb summarise`: run an active adapter on one document or file, storing nothing."""
+"""`kb tag` and `kb summarise`: run an active adapter on one document or file, storing nothing.
+
+They go through enrichment's shared pass (one document, one task), so a document is read exactly as
+`kb enrich` reads it: its stored chunks, or for a file, the chunks ingestion would cut.
+"""
 
 from __future__ import annotations
 
@@ -6,33 +10,33 @@ from pathlib import Path
 
 from kb_pipeline.config import Settings
 from kb_pipeline.ingest.readers import ReadError, read_document
-from kb_pipeline.serving.enrich import TaskModels, load_task_models
+from kb_pipeline.serving.enrich import ChunkWork, DocWork, TaskModels, load_task_models, shared_pass
 from kb_pipeline.serving.errors import NotAvailable
 from kb_pipeline.store import repo
 from kb_pipeline.store.db import session_factory
-from kb_pipeline.training.datasets import model_input
 
 
-def _document(settings: Settings, ref: str) -> tuple[str, str]:
+def _document(settings: Settings, ref: str) -> DocWork:
     with session_factory(settings)() as session:
         doc = repo.find_document(session, ref)
         if doc is None or doc.status != "active":
             raise NotAvailable(f"no document {ref!r} (give an id from `kb docs` or a path)")
-        return doc.title, doc.text
+        chunks = [ChunkWork(c.id, c.text, c.char_start, c.char_end, False) for c in doc.chunks]
+        return DocWork(doc.id, doc.version, doc.title, doc.text, chunks)
 
 
 def tag_document(settings: Settings, ref: str, models: TaskModels | None = None) -> dict:
-    title, text = _document(settings, ref)
+    doc = _document(settings, ref)
     models = models or load_task_models(settings)
     if models.classifier is None:
         raise NotAvailable("no active classify adapter: run `kb train classify`")
-    [prediction] = models.classifier.predict(models.adapters, [model_input(title, text)])
-    return {"title": title, **prediction, "adapter_version": models.versions["classify"]}
+    doc.label = True
+    prediction = shared_pass(models, [doc]).labels[doc.id]
+    return {"title": doc.title, **prediction, "adapter_version": models.versions["classify"]}
 
 
 def summarise_document(settings: Settings, ref: str, models: TaskModels | None = None) -> dict:
-    title, text = _document(settings, ref)
-    return _summarise(settings, title, text, models)
+    return _summarise(settings, _document(settings, ref), models)
 
 
 def summarise_file(settings: Settings, path: Path, models: TaskModels | None = None) -> dict:
@@ -40,12 +44,21 @@ def summarise_file(settings: Settings, path: Path, models: TaskModels | None = N
         parsed = read_document(Path(path), max_bytes=settings.max_file_bytes)
     except ReadError as exc:
         raise NotAvailable(str(exc)) from None
-    return _summarise(settings, parsed.title, parsed.text, models) | {"path": str(Path(path).resolve())}
+    from kb_pipeline.backbone.tokenizer import chunk_tokenizer
+    from kb_pipeline.training.chunked import chunk_spans
+
+    models = models or load_task_models(settings)
+    tokenizer = chunk_tokenizer(settings.backbone, str(settings.models_dir))  # what ingestion cuts chunks with
+    spans = chunk_spans(parsed.text, tokenizer, None, settings.chunk_tokens, settings.chunk_overlap)
+    chunks = [ChunkWork(None, parsed.text[a:b], a, b, False) for a, b in spans]
+    doc = DocWork(0, 0, parsed.title, parsed.text, chunks)
+    return _summarise(settings, doc, models) | {"path": str(Path(path).resolve())}
 
 
-def _summarise(settings: Settings, title: str, text: str, models: TaskModels | None) -> dict:
+def _summarise(settings: Settings, doc: DocWork, models: TaskModels | None) -> dict:
     models = models or load_task_models(settings)
     if models.summariser is None:
         raise NotAvailable("no active summarise adapter: run `kb train summarise`")
-    [summary] = models.summariser.predict(models.adapters, [text])
-    return {"title": title, "summary": summary, "adapter_version": models.versions["summarise"]}
+    doc.summary = True
+    summary = shared_pass(models, [doc]).summaries[doc.id]
+    return {"title": doc.title, "summary": summary, "adapter_version": models.versions["summarise"]}

@@ -27,7 +27,9 @@ from kb_pipeline.store.schema import (
 )
 
 
-def docs_needing_labels(session: Session, adapter_version: int) -> list[tuple[int, int, str, str]]:
+def docs_needing_labels(
+    session: Session, adapter_version: int, document_ids: Sequence[int] | None = None
+) -> list[tuple[int, int, str, str]]:
     """(id, version, title, text) of active documents without a current category prediction."""
     current = and_(
         PredictedLabel.document_id == Document.id,
@@ -40,10 +42,12 @@ def docs_needing_labels(session: Session, adapter_version: int) -> list[tuple[in
         .where(Document.status == "active", ~select(PredictedLabel.label).where(current).exists())
         .order_by(Document.id)
     )
-    return [tuple(row) for row in session.execute(query)]
+    return [tuple(row) for row in session.execute(_only(query, Document.id, document_ids))]
 
 
-def docs_needing_summary(session: Session, adapter_version: int) -> list[tuple[int, int, str, str]]:
+def docs_needing_summary(
+    session: Session, adapter_version: int, document_ids: Sequence[int] | None = None
+) -> list[tuple[int, int, str, str]]:
     current = and_(
         PredictedSummary.document_id == Document.id,
         PredictedSummary.adapter_version == adapter_version,
@@ -54,10 +58,12 @@ def docs_needing_summary(session: Session, adapter_version: int) -> list[tuple[i
         .where(Document.status == "active", ~select(PredictedSummary.document_id).where(current).exists())
         .order_by(Document.id)
     )
-    return [tuple(row) for row in session.execute(query)]
+    return [tuple(row) for row in session.execute(_only(query, Document.id, document_ids))]
 
 
-def chunks_needing_embedding(session: Session, embed_key: str) -> list[tuple[int, int, str]]:
+def chunks_needing_embedding(
+    session: Session, embed_key: str, document_ids: Sequence[int] | None = None
+) -> list[tuple[int, int, str]]:
     """(chunk id, document version, text) of active chunks with no vector under embed_key."""
     has = and_(ChunkEmbedding.chunk_id == Chunk.id, ChunkEmbedding.embed_key == embed_key)
     query = (
@@ -66,7 +72,24 @@ def chunks_needing_embedding(session: Session, embed_key: str) -> list[tuple[int
         .where(Document.status == "active", ~select(ChunkEmbedding.chunk_id).where(has).exists())
         .order_by(Chunk.id)
     )
-    return [tuple(row) for row in session.execute(query)]
+    return [tuple(row) for row in session.execute(_only(query, Chunk.document_id, document_ids))]
+
+
+def docs_needing_embedding(session: Session, embed_key: str) -> list[int]:
+    """Ids of active documents with at least one chunk that has no vector under embed_key."""
+    has = and_(ChunkEmbedding.chunk_id == Chunk.id, ChunkEmbedding.embed_key == embed_key)
+    query = (
+        select(Chunk.document_id)
+        .join(Document, Document.id == Chunk.document_id)
+        .where(Document.status == "active", ~select(ChunkEmbedding.chunk_id).where(has).exists())
+        .distinct()
+    )
+    return sorted(session.scalars(query))
+
+
+def _only(query, column, ids: Sequence[int] | None):
+    """Restrict a staleness query to some documents (one enrichment batch), or leave it whole."""
+    return query if ids is None else query.where(column.in_(list(ids)))
 
 
 def save_labels(session: Session, rows: Sequence[dict], adapter_version: int) -> None:

@@ -1,8 +1,11 @@
 """Classify adapter: one category (softmax) and any number of tags (sigmoid) per document.
 
-Both heads read the same pooled vector from the `classify` adapter. Tag thresholds are
-tuned per tag on validation data because tag frequencies differ wildly and one global
-0.5 cut-off under-predicts the rare ones.
+Both heads read the same pooled vector from the `classify` adapter: the token-weighted mean of the
+document's first chunks (`chunked.CLASSIFY_CHUNKS`), each encoded exactly as embed encodes it, so at
+enrichment time the classify adapter branches off the chunk trunk the other tasks share. Versions
+trained before that (no "input" in their head config) read "title + text" truncated and keep doing so.
+Tag thresholds are tuned per tag on validation data because tag frequencies differ wildly and one
+global 0.5 cut-off under-predicts the rare ones.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from torch import Tensor, nn
 
 from kb_pipeline.backbone.heads import ClassifierHead, head_state, load_head, pooled_size
 from kb_pipeline.training import losses
+from kb_pipeline.training.chunked import CLASSIFY_CHUNKS, combine_chunks, pooled_chunks, pooled_chunks_in_batches
 from kb_pipeline.training.loop import TrainConfig, shuffled_batches, train_loop
 from kb_pipeline.training.metrics import accuracy, macro_f1, macro_f1_multilabel, micro_f1_multilabel, tune_thresholds
 from kb_pipeline.training.tasks import (
@@ -24,9 +28,9 @@ from kb_pipeline.training.tasks import (
     InsufficientData,
     TrainResult,
     count_parameters,
+    encode,
     fresh_adapter,
     param_groups,
-    pooled,
     pooled_in_batches,
     pooling_for,
     set_mode,
@@ -36,6 +40,27 @@ from kb_pipeline.training.tasks import (
 TASK = "classify"
 MIN_DOCS = 4
 MIN_TAG_COUNT = 2
+
+
+def example_chunks(example: ClassifyExample) -> list[str]:
+    """The texts a chunk-reading classifier pools for this example: its first chunks, or its text alone."""
+    return list(example.chunks[:CLASSIFY_CHUNKS]) or [example.text]
+
+
+def pooled_groups(adapters, groups: Sequence[Sequence[str]], max_length: int | None, method: str) -> Tensor:
+    """One vector per group of chunk texts (token-weighted mean of the chunks' pooled vectors), with gradient."""
+    flat = [text for group in groups for text in group]
+    ids, mask = encode(adapters, flat, max_length)  # (F, T)
+    vectors, counts = pooled_chunks(adapters.hidden_states(ids, mask), mask, method)  # (F, D), (F,)
+    return combine_chunks(vectors, counts, [len(g) for g in groups])  # (B, D)
+
+
+def pooled_groups_in_batches(
+    adapters, groups: Sequence[Sequence[str]], max_length: int | None, method: str, batch_size: int = 32
+) -> Tensor:
+    flat = [text for group in groups for text in group]
+    vectors, counts = pooled_chunks_in_batches(adapters, flat, max_length, method, batch_size)
+    return combine_chunks(vectors, counts, [len(g) for g in groups])
 
 
 class ClassifyHeads(nn.Module):
@@ -88,7 +113,7 @@ def train_classify(
 
     def step(batch: list[ClassifyExample]) -> Tensor:
         set_mode(adapters, heads, True)
-        x = pooled(adapters, [e.text for e in batch], cfg.max_length, method)  # (B, D)
+        x = pooled_groups(adapters, [example_chunks(e) for e in batch], cfg.max_length, method)  # (B, D)
         cat_logits, tag_logits = heads(x)  # (B, C), (B, L)
         labels = torch.tensor([cat_index.get(e.category, -100) for e in batch])  # (B,)
         loss = losses.cross_entropy(cat_logits, labels) if (labels >= 0).any() else cat_logits.sum() * 0.0
@@ -105,7 +130,7 @@ def train_classify(
 
     def scores(batch: Sequence[ClassifyExample]) -> tuple[np.ndarray, np.ndarray | None]:
         set_mode(adapters, heads, False)
-        x = pooled_in_batches(adapters, [e.text for e in batch], cfg.max_length, method)
+        x = pooled_groups_in_batches(adapters, [example_chunks(e) for e in batch], cfg.max_length, method)
         with torch.no_grad():
             cat_logits, tag_logits = heads(x)
         cat_p = torch.softmax(cat_logits, -1).numpy()
@@ -140,6 +165,8 @@ def train_classify(
 
     baseline = majority_baseline(train, val, tags)
     head_config = {
+        "input": "chunks",  # reads a document's first chunks, as stored (see Classifier.reads_chunks)
+        "first_chunks": CLASSIFY_CHUNKS,
         "pooling": method,
         "max_length": cfg.max_length,
         "categories": categories,
@@ -201,19 +228,56 @@ class Classifier:
     def from_result(cls, result: TrainResult) -> "Classifier":
         return cls.from_tensors(result.head_state, result.head_config)
 
-    def predict(self, adapters, texts: Sequence[str], batch_size: int = 32) -> list[dict]:
-        """[{category, category_score, tags: [(tag, score), ...] above their thresholds, best first}]."""
+    @property
+    def reads_chunks(self) -> bool:
+        """True: reads a document's first chunks (shares the enrichment trunk); False: "title + text" (older)."""
+        return self.config.get("input") == "chunks"
+
+    @property
+    def first_chunks(self) -> int:
+        return int(self.config.get("first_chunks", 1))
+
+    def predict(
+        self,
+        adapters,
+        texts: Sequence[str],
+        batch_size: int = 32,
+        chunks: Sequence[Sequence[str]] | None = None,
+    ) -> list[dict]:
+        """[{category, category_score, tags: [(tag, score), ...] above their thresholds, best first}].
+
+        texts: each document's "title + text" (`datasets.model_input`); chunks: each document's chunk texts in
+        order. A chunk-reading classifier pools the first chunks (falling back to the text when a document
+        has none); an older one reads the texts.
+        """
         if not texts:
             return []
+        with adapters.using(TASK), torch.no_grad():
+            if self.reads_chunks:
+                groups = [
+                    list(c[: self.first_chunks]) if c else [t]
+                    for t, c in zip(texts, chunks if chunks is not None else [()] * len(texts))
+                ]
+                x = pooled_groups_in_batches(
+                    adapters, groups, self.config["max_length"], self.config["pooling"], batch_size
+                )
+            else:
+                x = pooled_in_batches(
+                    adapters, list(texts), self.config["max_length"], self.config["pooling"], batch_size
+                )
+        return self.predict_vectors(x)
+
+    def predict_vectors(self, x: Tensor) -> list[dict]:
+        """The heads on pooled document vectors (N, D): what `predict` and the shared enrichment pass return."""
         categories, tags = self.config["categories"], self.config["tags"]
         thresholds = self.config["thresholds"]
-        with adapters.using(TASK), torch.no_grad():
-            x = pooled_in_batches(adapters, list(texts), self.config["max_length"], self.config["pooling"], batch_size)
-            cat_logits, tag_logits = self.heads(x)
+        self.heads.eval()
+        with torch.no_grad():
+            cat_logits, tag_logits = self.heads(x.float())
         cat_p = torch.softmax(cat_logits, -1)  # (N, C)
-        tag_p = torch.sigmoid(tag_logits) if tag_logits is not None else torch.zeros(len(texts), 0)  # (N, L)
+        tag_p = torch.sigmoid(tag_logits) if tag_logits is not None else torch.zeros(len(x), 0)  # (N, L)
         out = []
-        for i in range(len(texts)):
+        for i in range(len(x)):
             best = int(cat_p[i].argmax())
             chosen = [(tags[j], float(tag_p[i, j])) for j in range(len(tags)) if tag_p[i, j] >= thresholds[j]]
             out.append(

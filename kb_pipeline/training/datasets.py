@@ -16,6 +16,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from kb_pipeline.store.schema import Chunk, Document, GoldLabel, GoldTag
+from kb_pipeline.training.chunked import CLASSIFY_CHUNKS
 from kb_pipeline.training.tasks import ClassifyExample, Pair, SummaryExample
 
 VAL_SHARE = 0.2
@@ -42,28 +43,47 @@ def _as_list(example) -> list:
     return [getattr(example, f) for f in example.__dataclass_fields__]
 
 
-def split_fraction(doc_id: int) -> float:
-    digest = hashlib.sha256(f"kb-split:{doc_id}".encode()).digest()
+def split_fraction(key: int | str) -> float:
+    digest = hashlib.sha256(f"kb-split:{key}".encode()).digest()
     return int.from_bytes(digest[:8], "big") / 2**64
 
 
-def validation_ids(doc_ids: Sequence[int], share: float = VAL_SHARE) -> set[int]:
-    """Documents whose hash falls below `share`; at least one when there are two or more documents."""
-    val = {d for d in doc_ids if split_fraction(d) < share}
+def validation_ids(
+    doc_ids: Sequence[int], share: float = VAL_SHARE, keys: dict[int, str] | None = None
+) -> set[int]:
+    """Documents whose hash falls below `share`; at least one when there are two or more documents.
+
+    `keys` (document id -> path relative to its source, see document_keys) makes the split depend on
+    the files rather than on database ids, so the same folder splits the same way in any database
+    (SQLite or Postgres, ingested in any order or in parallel).
+    """
+    fraction = (lambda d: split_fraction(keys[d])) if keys is not None else split_fraction  # noqa: E731
+    val = {d for d in doc_ids if fraction(d) < share}
     if not val and len(doc_ids) >= 2:
-        val = {min(doc_ids, key=split_fraction)}
+        val = {min(doc_ids, key=fraction)}
     if len(val) == len(doc_ids) and len(doc_ids) >= 2:
-        val.discard(max(doc_ids, key=split_fraction))
+        val.discard(max(doc_ids, key=fraction))
     return val
 
 
+def document_keys(session: Session, doc_ids: Sequence[int]) -> dict[int, str]:
+    """document id -> its path relative to its source: the stable identity the split and order use."""
+    wanted = set(doc_ids)
+    rows = session.execute(select(Document.id, Document.uri))
+    return {doc_id: uri for doc_id, uri in rows if doc_id in wanted}
+
+
 def model_input(title: str, text: str) -> str:
-    """What a document looks like to every task: its title, then its text (truncated by the tokenizer)."""
+    """A document as one text: its title, then its text (truncated by the tokenizer).
+
+    What classifiers trained before chunk inputs read, and the passage of (summary, document) embed pairs.
+    """
     body = _strip_leading_heading(text, title)
     return f"{title}\n\n{body}" if title else body
 
 
 def classify_data(session: Session) -> Split[ClassifyExample]:
+    """Labelled documents: title + text, and the first chunks as stored (what the classifier reads)."""
     rows = session.execute(
         select(Document.id, Document.title, Document.text, GoldLabel.category)
         .join(GoldLabel, GoldLabel.document_id == Document.id)
@@ -71,21 +91,50 @@ def classify_data(session: Session) -> Split[ClassifyExample]:
         .order_by(Document.id)
     ).all()
     tags = _gold_tags(session)
+    first = _chunk_rows(session, [r[0] for r in rows], max_ordinal=CLASSIFY_CHUNKS)
     examples = {
-        doc_id: ClassifyExample(model_input(title, text), category, tuple(tags.get(doc_id, ())))
+        doc_id: ClassifyExample(
+            model_input(title, text), category, tuple(tags.get(doc_id, ())),
+            tuple(chunk_text for chunk_text, _, _ in first.get(doc_id, ())),
+        )
         for doc_id, title, text, category in rows
     }
-    return _split(examples)
+    return _split(examples, session)
 
 
 def summarise_data(session: Session) -> Split[SummaryExample]:
+    """Documents with a gold summary, with their chunks' char spans (sentences are read inside them)."""
     rows = session.execute(
         select(Document.id, Document.text, GoldLabel.summary)
         .join(GoldLabel, GoldLabel.document_id == Document.id)
         .where(Document.status == "active", GoldLabel.summary.is_not(None), GoldLabel.summary != "")
         .order_by(Document.id)
     ).all()
-    return _split({doc_id: SummaryExample(text, summary) for doc_id, text, summary in rows})
+    chunks = _chunk_rows(session, [r[0] for r in rows])
+    return _split(
+        {
+            doc_id: SummaryExample(text, summary, tuple((a, b) for _, a, b in chunks.get(doc_id, ())))
+            for doc_id, text, summary in rows
+        },
+        session,
+    )
+
+
+def _chunk_rows(
+    session: Session, doc_ids: Sequence[int], max_ordinal: int | None = None
+) -> dict[int, list[tuple[str, int, int]]]:
+    """document id -> [(text, char_start, char_end)] of its chunks in order (only the first max_ordinal)."""
+    query = select(Chunk.document_id, Chunk.text, Chunk.char_start, Chunk.char_end).order_by(
+        Chunk.document_id, Chunk.ordinal
+    )
+    if max_ordinal is not None:
+        query = query.where(Chunk.ordinal < max_ordinal)
+    wanted = set(doc_ids)
+    out: dict[int, list[tuple[str, int, int]]] = {}
+    for doc_id, text, start, end in session.execute(query):
+        if doc_id in wanted:
+            out.setdefault(doc_id, []).append((text, start, end))
+    return out
 
 
 def embed_data(session: Session) -> Split[Pair]:
@@ -120,16 +169,17 @@ def embed_data(session: Session) -> Split[Pair]:
                 doc_pairs.append(Pair(heading, section, key))
         if doc_pairs:
             pairs[doc_id] = doc_pairs
-    split = _split(pairs)
+    split = _split(pairs, session)
     split.train = [p for group in split.train for p in group]
     split.val = [p for group in split.val for p in group]
     return split
 
 
-def _split(examples: dict[int, T]) -> Split[T]:
-    val_ids = validation_ids(list(examples))
+def _split(examples: dict[int, T], session: Session) -> Split[T]:
+    keys = document_keys(session, list(examples))
+    val_ids = validation_ids(list(examples), keys=keys)
     split: Split[T] = Split()
-    for doc_id in sorted(examples):
+    for doc_id in sorted(examples, key=lambda d: keys[d]):  # file order, not insertion order
         (split.val if doc_id in val_ids else split.train).append(examples[doc_id])
     split.val_docs = len(val_ids)
     split.train_docs = len(examples) - len(val_ids)

@@ -226,3 +226,23 @@ def mean_rouge(candidates: Sequence[str], references: Sequence[str]) -> dict[str
         return {"rouge1": 0.0, "rouge2": 0.0, "rougeL": 0.0}
     per_doc = [rouge_scores(c, r) for c, r in zip(candidates, references)]
     return {key: sum(s[key] for s in per_doc) / len(per_doc) for key in per_doc[0]}
+
+
+# --------------------------------------------------------------------------- uncertainty
+
+
+def wilson_interval(successes: int, n: int, z: float = 1.959963984540054) -> tuple[float, float]:
+    """Wilson score interval for a proportion (95% by default); (0.0, 1.0) when n is 0.
+
+    Unlike the normal approximation it stays inside [0, 1] and is sensible for small n and for
+    proportions near 0 or 1, which is what a small held-out test set gives.
+    """
+    if not 0 <= successes <= n:
+        raise ValueError(f"wilson_interval: {successes} successes out of {n}")
+    if n == 0:
+        return 0.0, 1.0
+    p = successes / n
+    denominator = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / denominator
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denominator
+    return max(0.0, centre - half), min(1.0, centre + half)

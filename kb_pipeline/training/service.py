@@ -20,8 +20,10 @@ from kb_pipeline.store.db import session_factory
 from kb_pipeline.store.schema import AdapterVersion
 from kb_pipeline.training import datasets, registry
 from kb_pipeline.training import classify, embed, summarise
+from kb_pipeline.training.chunked import CHUNK_MAX_LENGTH
 from kb_pipeline.training.classify import Classifier, train_classify
 from kb_pipeline.training.embed import evaluate_pairs, train_embed
+from kb_pipeline.training.freshness import label_fingerprints
 from kb_pipeline.training.loop import TrainConfig
 from kb_pipeline.training.metrics import accuracy, macro_f1, mean_rouge
 from kb_pipeline.training.summarise import Summariser, train_summarise
@@ -29,12 +31,14 @@ from kb_pipeline.training.tasks import InsufficientData, TrainResult
 
 TASKS = registry.TASKS
 DEFAULT_KIND = {"classify": "lora", "embed": "lora", "summarise": "lora"}
-# Per-task defaults sized for a 2-core CPU: titles + the first 128 tokens carry a document's topic,
-# and extractive summarisation scores single sentences.
+# Per-task defaults sized for a 2-core CPU. Classify and summarise read stored chunks, tokenised exactly as
+# enrichment tokenises them (CHUNK_MAX_LENGTH never truncates a chunk), so training and the shared enrichment
+# pass see the same token ids; summarise batches are chunks (~6 scored sentences each), and its in-context
+# sentence states need a higher rate than the old sentence-by-sentence scorer did (1e-3) to match its ROUGE.
 DEFAULT_TRAIN = {
-    "classify": TrainConfig(epochs=10, batch_size=16, max_length=128, lr=2e-3),
+    "classify": TrainConfig(epochs=10, batch_size=16, max_length=CHUNK_MAX_LENGTH, lr=2e-3),
     "embed": TrainConfig(epochs=2, batch_size=32, max_length=128, lr=1e-3),
-    "summarise": TrainConfig(epochs=2, batch_size=64, max_length=64, lr=1e-3),
+    "summarise": TrainConfig(epochs=2, batch_size=16, max_length=CHUNK_MAX_LENGTH, lr=3e-3),
 }
 StepFn = Callable[[str, int, int, float], None]  # (task, step, total steps, loss)
 
@@ -85,9 +89,11 @@ def train_tasks(
     """
     outcomes: dict[str, TaskOutcome] = {}
     ready: dict[str, datasets.Split] = {}
+    fingerprints: dict[str, list[str]] = {}
     with session_factory(settings)() as session:
         for task in tasks:
             split = DATA[task](session)
+            fingerprints[task] = label_fingerprints(session, task)
             try:
                 CHECK[task](split.train, split.val)
                 ready[task] = split
@@ -100,13 +106,13 @@ def train_tasks(
             for task, split in ready.items():
                 cfg = train_config or replace(DEFAULT_TRAIN[task], **({"epochs": epochs} if epochs else {}))
                 config = adapter_config(task, kind, settings, backbone.num_layers)
-                outcomes[task] = _train_one(settings, adapters, task, split, config, cfg, on_step)
+                outcomes[task] = _train_one(settings, adapters, task, split, config, cfg, on_step, fingerprints[task])
         finally:
             adapters.close()
     return [outcomes[task] for task in tasks]
 
 
-def _train_one(settings, adapters, task, split, config, cfg, on_step) -> TaskOutcome:
+def _train_one(settings, adapters, task, split, config, cfg, on_step, fingerprints) -> TaskOutcome:
     started = time.perf_counter()
     Session = session_factory(settings)
     with Session() as session:
@@ -135,7 +141,8 @@ def _train_one(settings, adapters, task, split, config, cfg, on_step) -> TaskOut
         backbone_params=result.backbone_params, path=str(folder), size_bytes=size,
         primary_metric=result.primary_metric, metrics=_floats(result.metrics), baseline=_floats(result.baseline),
         history={"losses": result.history.losses, "val": result.history.val,
-                 "best_epoch": result.history.best_epoch, "stopped_early": result.history.stopped_early},
+                 "best_epoch": result.history.best_epoch, "stopped_early": result.history.stopped_early,
+                 "fingerprints": fingerprints},
         train_documents=split.train_docs, val_documents=split.val_docs, data_hash=split.data_hash,
         seconds=time.perf_counter() - started,
     )
@@ -159,7 +166,9 @@ def _snapshot(adapters: AdapterSet, task: str) -> tuple[AdapterConfig, dict]:
 def _evaluate_classify(adapters, folder: Path, val, cfg) -> dict:
     _, head, meta = load_adapter(adapters, folder)
     labelled = [e for e in val if e.category]
-    predictions = Classifier.from_tensors(head, meta["head"]).predict(adapters, [e.text for e in labelled])
+    predictions = Classifier.from_tensors(head, meta["head"]).predict(
+        adapters, [e.text for e in labelled], chunks=[e.chunks for e in labelled]
+    )
     truth, pred = [e.category for e in labelled], [p["category"] for p in predictions]
     return {"accuracy": accuracy(truth, pred), "macro_f1": macro_f1(truth, pred)}
 
@@ -171,7 +180,9 @@ def _evaluate_embed(adapters, folder: Path, val, cfg) -> dict:
 
 def _evaluate_summarise(adapters, folder: Path, val, cfg) -> dict:
     _, head, meta = load_adapter(adapters, folder)
-    candidates = Summariser.from_tensors(head, meta["head"]).predict(adapters, [e.text for e in val])
+    candidates = Summariser.from_tensors(head, meta["head"]).predict(
+        adapters, [e.text for e in val], chunks=[e.chunks for e in val]
+    )
     return mean_rouge(candidates, [e.summary for e in val])
 
 

@@ -2,9 +2,14 @@
 
 An encoder cannot write text, so it learns which sentences to keep: each sentence is
 labelled by a greedy ROUGE oracle against the gold summary and a SentenceScorer learns
-those labels. A decoder learns to write the summary after a fixed prompt, with the loss
-on summary tokens only. Both are judged against the lead-sentences baseline, which is
-hard to beat on documents that open with their point.
+those labels. A sentence is read in context (BERTSUM-style): the summarise adapter encodes
+the document's chunks, exactly as embed encodes them, and a sentence's vector is the mean
+of its tokens' states inside its chunk; so at enrichment time the summariser branches off
+the chunk trunk the other tasks share. Versions trained before that (no "input" in their
+config) encode each sentence on its own and keep doing so.
+A decoder learns to write the summary after a fixed prompt, with the loss on summary
+tokens only. Both are judged against the lead-sentences baseline, which is hard to beat
+on documents that open with their point.
 """
 
 from __future__ import annotations
@@ -17,8 +22,9 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-from kb_pipeline.backbone.heads import SentenceScorer, head_state, load_head, position_features
+from kb_pipeline.backbone.heads import SentenceScorer, head_state, load_head, position_features, span_mean
 from kb_pipeline.training import losses
+from kb_pipeline.training.chunked import EncodedChunk, Slot, chunk_spans, encode_chunks, sentence_slots
 from kb_pipeline.training.loop import TrainConfig, shuffled_batches, train_loop
 from kb_pipeline.training.metrics import mean_rouge, rouge_n
 from kb_pipeline.training.tasks import (
@@ -30,7 +36,6 @@ from kb_pipeline.training.tasks import (
     pad_batch,
     pad_id,
     param_groups,
-    pooled,
     pooled_in_batches,
     set_mode,
     token_limit,
@@ -107,20 +112,67 @@ def oracle_labels(spans: Sequence[Span], summary: str, max_sentences: int, max_w
     return [int(i in chosen) for i in range(len(spans))]
 
 
-class SentenceItem(NamedTuple):
-    text: str
-    index: int
-    count: int
-    label: int
+class DocPlan(NamedTuple):
+    """A document's scored sentences and where each is read (sentences without a slot are never picked)."""
+
+    spans: list[Span]
+    slots: list[Slot]
+
+    def by_chunk(self) -> dict[int, list[int]]:
+        """chunk index -> indices into `slots`, for the chunks that hold scored sentences."""
+        out: dict[int, list[int]] = {}
+        for k, slot in enumerate(self.slots):
+            out.setdefault(slot.chunk, []).append(k)
+        return out
 
 
-def sentence_items(examples: Sequence[SummaryExample]) -> list[SentenceItem]:
+def plan_document(text: str, chunks: Sequence[tuple[int, int]], encoded: Sequence[EncodedChunk]) -> DocPlan:
+    spans = split_sentences(text)[:MAX_SCORED]
+    return DocPlan(spans, sentence_slots(spans, chunks, encoded))
+
+
+class ChunkItem(NamedTuple):
+    """One chunk of a training document and the scored sentences read in it."""
+
+    ids: list[int]
+    starts: list[int]
+    ends: list[int]
+    index: list[int]  # sentence index in the document
+    count: int  # scored sentences in the document
+    labels: list[int]
+
+
+def encoded_document(tokenizer, text: str, chunks: Sequence[tuple[int, int]], max_length: int):
+    """(chunks, their encodings): the stored chunk spans, or the text chunked now when it has none."""
+    chunks = list(chunks) or chunk_spans(text, tokenizer, max_length)
+    return chunks, encode_chunks(tokenizer, [text[a:b] for a, b in chunks], max_length)
+
+
+def chunk_items(tokenizer, examples: Sequence[SummaryExample], max_length: int) -> list[ChunkItem]:
     items = []
     for e in examples:
-        spans = split_sentences(e.text)[:MAX_SCORED]
-        labels = oracle_labels(spans, e.summary, MAX_SENTENCES, MAX_WORDS)
-        items += [SentenceItem(s.text, i, len(spans), y) for i, (s, y) in enumerate(zip(spans, labels))]
+        chunks, encoded = encoded_document(tokenizer, e.text, e.chunks, max_length)
+        plan = plan_document(e.text, chunks, encoded)
+        labels = oracle_labels(plan.spans, e.summary, MAX_SENTENCES, MAX_WORDS)
+        for chunk, members in sorted(plan.by_chunk().items()):
+            slots = [plan.slots[k] for k in members]
+            items.append(
+                ChunkItem(
+                    encoded[chunk].ids, [s.start for s in slots], [s.end for s in slots],
+                    [s.sentence for s in slots], len(plan.spans), [labels[s.sentence] for s in slots],
+                )
+            )
     return items
+
+
+def slot_vectors(hidden: Tensor, rows: Sequence[int], slots: Sequence[Slot]) -> Tensor:
+    """Sentence vectors (N, H): slot k read from row rows[k] of hidden (B, T, H)."""
+    return span_mean(
+        hidden,
+        torch.tensor(list(rows), dtype=torch.long),
+        torch.tensor([s.start for s in slots], dtype=torch.long),
+        torch.tensor([s.end for s in slots], dtype=torch.long),
+    )
 
 
 def check_data(train: Sequence[SummaryExample], val: Sequence[SummaryExample]) -> None:
@@ -153,7 +205,8 @@ def train_summarise(
     else:
         scorer = SentenceScorer(adapters.backbone.hidden_size)
         budget = {"max_sentences": MAX_SENTENCES, "max_words": MAX_WORDS, "threshold": 0.5}  # threshold: tuned below
-        settings = {"mode": "extractive", "scorer": scorer.config(), **budget}
+        # "input": sentences are read in their chunk (see Summariser.reads_chunks)
+        settings = {"mode": "extractive", "input": "chunks", "scorer": scorer.config(), **budget}
         summariser = Summariser(scorer, {**settings, "max_length": cfg.max_length})
         params, step, batches, select, validate = _extractive(adapters, summariser, train, val, cfg)
 
@@ -161,7 +214,8 @@ def train_summarise(
         history = train_loop(params, step, batches, validate, select, cfg, on_step)
     if summariser.scorer is not None:
         summariser.tune_threshold(adapters, val)
-    metrics = mean_rouge(summariser.predict(adapters, [e.text for e in val]), [e.summary for e in val])
+    chunks = [e.chunks for e in val]
+    metrics = mean_rouge(summariser.predict(adapters, [e.text for e in val], chunks=chunks), [e.summary for e in val])
     baseline = mean_rouge([lead_summary(e.text) for e in val], [e.summary for e in val])
     scorer = summariser.scorer
     return TrainResult(
@@ -182,23 +236,30 @@ def train_summarise(
 
 def _extractive(adapters, summariser: "Summariser", train, val, cfg: TrainConfig):
     scorer = summariser.scorer
-    items = sentence_items(train)
-    positives = sum(it.label for it in items)
+    tokenizer = adapters.backbone.tokenizer
+    items = chunk_items(tokenizer, train, token_limit(adapters, cfg.max_length))
+    labels = [y for it in items for y in it.labels]
+    positives = sum(labels)
     # summary sentences are rare; weight them so the scorer does not learn "never"
-    pos_weight = torch.tensor(min(20.0, max(1.0, (len(items) - positives) / max(1, positives))))
+    pos_weight = torch.tensor(min(20.0, max(1.0, (len(labels) - positives) / max(1, positives))))
 
-    def step(batch: list[SentenceItem]) -> Tensor:
+    def step(batch: list[ChunkItem]) -> Tensor:
         set_mode(adapters, scorer, True)
-        vectors = pooled(adapters, [it.text for it in batch], cfg.max_length)  # (B, H)
-        index, count = torch.tensor([it.index for it in batch]), torch.tensor([it.count for it in batch])  # (B,), (B,)
-        positions = position_features(index, count)  # (B, 2)
-        logits = scorer(vectors, positions)  # (B,)
-        targets = torch.tensor([it.label for it in batch], dtype=torch.float32)  # (B,)
+        ids, mask = pad_batch([it.ids for it in batch], pad_id(tokenizer))  # (B, T)
+        hidden = adapters.hidden_states(ids, mask)  # (B, T, H): chunk trunks come from the cache after epoch 1
+        rows = [b for b, it in enumerate(batch) for _ in it.index]
+        starts = torch.tensor([x for it in batch for x in it.starts])  # (N,)
+        ends = torch.tensor([x for it in batch for x in it.ends])  # (N,)
+        vectors = span_mean(hidden, torch.tensor(rows), starts, ends)  # (N, H)
+        index = torch.tensor([i for it in batch for i in it.index])  # (N,)
+        count = torch.tensor([it.count for it in batch for _ in it.index])  # (N,)
+        logits = scorer(vectors, position_features(index, count))  # (N,)
+        targets = torch.tensor([y for it in batch for y in it.labels], dtype=torch.float32)  # (N,)
         return losses.multilabel_bce(logits, targets, pos_weight)
 
     def validate() -> dict:
         set_mode(adapters, scorer, False)
-        candidates = summariser.predict(adapters, [e.text for e in val])
+        candidates = summariser.predict(adapters, [e.text for e in val], chunks=[e.chunks for e in val])
         return mean_rouge(candidates, [e.summary for e in val])
 
     batches = lambda epoch: shuffled_batches(items, cfg.batch_size, epoch, cfg.seed)  # noqa: E731
@@ -264,18 +325,97 @@ class Summariser:
     def summary_budget(self, limit: int) -> int:
         return min(self.config.get("max_new_tokens", 96), max(8, limit // 3))
 
-    def predict(self, adapters, texts: Sequence[str], batch_size: int = 64) -> list[str]:
+    @property
+    def reads_chunks(self) -> bool:
+        """Extractive, scoring sentences inside their chunks (shares the enrichment trunk); older versions: alone."""
+        return self.config["mode"] == "extractive" and self.config.get("input") == "chunks"
+
+    def predict(
+        self,
+        adapters,
+        texts: Sequence[str],
+        batch_size: int = 64,
+        chunks: Sequence[Sequence[tuple[int, int]]] | None = None,
+    ) -> list[str]:
+        """One summary per text; chunks: each text's stored chunk spans (chunked here when missing or empty)."""
         with adapters.using(TASK), torch.no_grad():
+            if self.reads_chunks:
+                scored = self.chunk_probs(adapters, texts, chunks, batch_size)
+                return [self.select(spans, probs, self.config.get("threshold", 0.5)) for spans, probs in scored]
             if self.config["mode"] == "extractive":
                 return [self._extract(adapters, text, batch_size) for text in texts]
             return [self._generate(adapters, text) for text in texts]
+
+    def chunk_probs(
+        self,
+        adapters,
+        texts: Sequence[str],
+        chunks: Sequence[Sequence[tuple[int, int]]] | None = None,
+        batch_size: int = 32,
+    ) -> list[tuple[list[Span], list[float]]]:
+        """Each scored sentence's probability of belonging in the summary, read inside its chunk.
+
+        The active adapter must be `summarise`. Chunks run in length-sorted batches through
+        `hidden_states`, so during training their trunk comes from the cache.
+        """
+        tokenizer = adapters.backbone.tokenizer
+        limit = token_limit(adapters, self.config["max_length"])
+        plans, rows = [], []  # rows: (document, chunk index, token ids) of chunks holding scored sentences
+        for i, text in enumerate(texts):
+            spans, encoded = encoded_document(tokenizer, text, chunks[i] if chunks is not None else (), limit)
+            plan = plan_document(text, spans, encoded)
+            plans.append(plan)
+            rows += [(i, chunk, encoded[chunk].ids) for chunk in sorted(plan.by_chunk())]
+        vectors: list[dict[int, Tensor]] = [{} for _ in texts]  # per document: slot index -> (H,)
+        order = sorted(range(len(rows)), key=lambda r: len(rows[r][2]))
+        for start in range(0, len(order), batch_size):
+            batch = [rows[r] for r in order[start : start + batch_size]]
+            ids, mask = pad_batch([ids for _, _, ids in batch], pad_id(tokenizer))
+            with torch.no_grad():
+                hidden = adapters.hidden_states(ids, mask)  # (B, T, H)
+            self.collect(hidden, [(doc, chunk) for doc, chunk, _ in batch], plans, vectors)
+        return [(plan.spans, self.probs(plan, found)) for plan, found in zip(plans, vectors)]
+
+    @staticmethod
+    def collect(hidden: Tensor, keys: Sequence[tuple[int, int]], plans: Sequence[DocPlan], out: list[dict]) -> None:
+        """Pool the sentence vectors of rows keys[b] = (document, chunk) of hidden (B, T, H) into out[document]."""
+        rows, slots, where = [], [], []
+        groups = {doc: plans[doc].by_chunk() for doc, _ in keys}
+        for b, (doc, chunk) in enumerate(keys):
+            for k in groups[doc].get(chunk, ()):
+                rows.append(b)
+                slots.append(plans[doc].slots[k])
+                where.append((doc, k))
+        if not slots:
+            return
+        pooled = slot_vectors(hidden, rows, slots).float()  # (N, H)
+        for (doc, k), vector in zip(where, pooled):
+            out[doc][k] = vector
+
+    def probs(self, plan: DocPlan, vectors: dict[int, Tensor]) -> list[float]:
+        """Scorer probabilities of a document's sentences from its slot vectors; sentences without one get 0."""
+        probs = [0.0] * len(plan.spans)
+        if not plan.slots:
+            return probs
+        self.scorer.eval()
+        index = torch.tensor([s.sentence for s in plan.slots])
+        positions = position_features(index, torch.full((len(plan.slots),), len(plan.spans)))
+        with torch.no_grad():
+            p = torch.sigmoid(self.scorer(torch.stack([vectors[k] for k in range(len(plan.slots))]), positions))
+        for slot, value in zip(plan.slots, p.tolist()):
+            probs[slot.sentence] = value
+        return probs
+
+    def summary_from(self, plan: DocPlan, vectors: dict[int, Tensor]) -> str:
+        """The extractive summary from a document's slot vectors (the shared enrichment pass ends here)."""
+        return self.select(plan.spans, self.probs(plan, vectors), self.config.get("threshold", 0.5))
 
     def _extract(self, adapters, text: str, batch_size: int = 64, threshold: float | None = None) -> str:
         spans, probs = self.sentence_probs(adapters, text, batch_size)
         return self.select(spans, probs, self.config.get("threshold", 0.5) if threshold is None else threshold)
 
     def sentence_probs(self, adapters, text: str, batch_size: int = 64) -> tuple[list[Span], list[float]]:
-        """Each sentence's probability of belonging in the summary (active adapter must be `summarise`)."""
+        """Older versions: each sentence encoded on its own (active adapter must be `summarise`)."""
         spans = split_sentences(text)[:MAX_SCORED]
         if not spans:
             return [], []
@@ -295,7 +435,11 @@ class Summariser:
     def tune_threshold(self, adapters, val: Sequence[SummaryExample]) -> float:
         """Pick the keep-threshold with the best validation ROUGE-L (ties: closest to 0.5) and store it."""
         with adapters.using(TASK):
-            scored = [(self.sentence_probs(adapters, e.text), e.summary) for e in val]
+            if self.reads_chunks:
+                probs = self.chunk_probs(adapters, [e.text for e in val], [e.chunks for e in val])
+            else:
+                probs = [self.sentence_probs(adapters, e.text) for e in val]
+        scored = list(zip(probs, [e.summary for e in val]))
         best = (-1.0, 0.0, 0.5)
         for t in (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9):
             value = mean_rouge([self.select(sp, pr, t) for (sp, pr), _ in scored], [ref for _, ref in scored])["rougeL"]

@@ -32,6 +32,7 @@ class ClassifyExample:
     text: str
     category: str | None
     tags: tuple[str, ...] = ()
+    chunks: tuple[str, ...] = ()  # the document's first chunks, read and pooled together; () -> (text,)
 
 
 @dataclass
@@ -45,6 +46,7 @@ class Pair:
 class SummaryExample:
     text: str
     summary: str
+    chunks: tuple[tuple[int, int], ...] = ()  # (char_start, char_end) of the stored chunks; () -> chunked on the fly
 
 
 @dataclass

@@ -1,0 +1,227 @@
+"""`kb run` and `kb serve`: the commands that run Prefect flows, added to the `kb` app.
+
+This module is the `kb` entry point. It imports prefect only inside the two commands (after
+pointing Prefect's home into the KB), so every other command starts as fast as before.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+from enum import Enum
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from kb_pipeline.cli import app
+from kb_pipeline.cli.common import JsonOpt, UserError, command, emit_json, err, out, progress_bar, settings as env_settings
+
+__all__ = ["app"]
+
+
+class Runner(str, Enum):
+    local = "local"
+    dask = "dask"
+
+
+TaskRunnerOpt = typer.Option(Runner.local, "--task-runner", help="Where parsing and enrichment batches run.")
+DaskAddressOpt = typer.Option(None, "--dask-address", help="tcp://host:port of a Dask scheduler (default: a temporary LocalCluster).")
+DaskWorkersOpt = typer.Option(2, "--dask-workers", min=1, help="Workers of the temporary LocalCluster.")
+
+
+@app.command()
+@command
+def run(
+    paths: List[Path] = typer.Argument(..., help="Folders or files to ingest."),
+    retrain: bool = typer.Option(False, "--retrain", help="Train every adapter even if its data did not change."),
+    runner: Runner = TaskRunnerOpt,
+    dask_address: Optional[str] = DaskAddressOpt,
+    dask_workers: int = DaskWorkersOpt,
+    json_out: bool = JsonOpt,
+) -> None:
+    """The whole pipeline as one Prefect flow: ingest, train what needs it, enrich, index, then a report."""
+    from kb_pipeline.ingest.pipeline import check_paths
+
+    s = env_settings()
+    resolved = [str(p) for p in check_paths(paths)]
+    _check_runner(s, runner, dask_address)
+    from flows.runtime import prefect_environment
+
+    prefect_environment(s)
+    with _dask(runner, dask_address, dask_workers) as address, _bars():
+        from flows.pipeline import run_pipeline
+
+        result = run_pipeline(resolved, dask_address=address, force_train=retrain)
+    if json_out:
+        emit_json(result)
+    else:
+        _print_report(result)
+
+
+@app.command()
+@command
+def serve(
+    paths: List[Path] = typer.Argument(..., help="Folders to ingest on the schedule."),
+    ingest_cron: str = typer.Option("*/15 * * * *", "--ingest-cron", help="When to ingest, enrich and index."),
+    retrain_cron: str = typer.Option("0 2 * * *", "--retrain-cron", help="When to retrain adapters whose data changed."),
+    port: int = typer.Option(4200, "--port", help="Port of the local Prefect server started when PREFECT_API_URL is unset."),
+    runner: Runner = TaskRunnerOpt,
+    dask_address: Optional[str] = DaskAddressOpt,
+) -> None:
+    """Serve scheduled ingestion and retraining (Ctrl-C stops the schedules, and the local server)."""
+    from kb_pipeline.ingest.pipeline import check_paths
+    from kb_pipeline.store.db import upgrade
+
+    s = env_settings()
+    resolved = [str(p) for p in check_paths(paths)]
+    _check_runner(s, runner, dask_address, serving=True)
+    upgrade(s.database_url, "head")
+    from flows.runtime import prefect_environment
+
+    prefect_environment(s)
+    from flows.serve import ServerStartError, build_deployments, start_local_server, stop_server
+
+    _check_cron(ingest_cron, "--ingest-cron")
+    _check_cron(retrain_cron, "--retrain-cron")
+    server = None
+    if not os.environ.get("PREFECT_API_URL"):
+        err.print(f"Starting a local Prefect server on http://127.0.0.1:{port} (its data: {s.prefect_home}) ...")
+        try:
+            server = start_local_server(s, port)
+        except ServerStartError as exc:
+            raise UserError(str(exc)) from None
+        os.environ["PREFECT_API_URL"] = f"http://127.0.0.1:{port}/api"
+    api = os.environ["PREFECT_API_URL"]
+    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    try:
+        from prefect import serve as prefect_serve
+
+        deployments = build_deployments(resolved, ingest_cron, retrain_cron, dask_address)
+        ui = api.removesuffix("/api")
+        err.print(f"Serving: ingest {' '.join(resolved)} on '{ingest_cron}', retrain on '{retrain_cron}'. "
+                  f"Runs and artifacts: {ui} . Ctrl-C stops.", highlight=False)
+        prefect_serve(*deployments, print_starting_message=False)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        if server is not None:
+            stop_server(server)
+    err.print("Stopped.")
+
+
+def _check_runner(s, runner: Runner, dask_address: str | None, serving: bool = False) -> None:
+    if dask_address and runner is not Runner.dask:
+        raise UserError("--dask-address needs --task-runner dask")
+    if runner is Runner.dask and s.is_sqlite and dask_address:
+        raise UserError("a remote Dask cluster needs a shared database: set KB_DATABASE_URL to Postgres")
+    if runner is Runner.dask and serving and not dask_address:
+        raise UserError("kb serve with Dask needs --dask-address (a long-running scheduler)")
+
+
+def _check_cron(expression: str, option: str) -> None:
+    from prefect.client.schemas.schedules import CronSchedule
+
+    try:
+        CronSchedule(cron=expression)
+    except ValueError:
+        raise UserError(f"{option}: {expression!r} is not a cron expression (e.g. '*/15 * * * *')") from None
+
+
+class _dask:
+    """A temporary LocalCluster for the run when Dask is asked for without an address."""
+
+    def __init__(self, runner: Runner, address: str | None, workers: int) -> None:
+        self.runner, self.address, self.workers, self.cluster = runner, address, workers, None
+
+    def __enter__(self) -> str | None:
+        if self.runner is Runner.dask and not self.address:
+            from flows.runtime import local_dask_cluster
+
+            err.print(f"Starting a local Dask cluster with {self.workers} workers ...")
+            self.cluster = local_dask_cluster(self.workers)
+            self.address = self.cluster.scheduler_address
+        return self.address
+
+    def __exit__(self, *exc) -> None:
+        if self.cluster is not None:
+            self.cluster.close()
+
+
+class _bars:
+    """Rich progress bars on stderr fed by flows.progress while the flow runs."""
+
+    def __enter__(self):
+        from flows.progress import set_reporter
+
+        self.progress = progress_bar()
+        self.progress.__enter__()
+        self.ids: dict[str, int] = {}
+        set_reporter(self)
+        return self
+
+    def update(self, stage: str, done: int, total: int, detail: str = "") -> None:
+        if stage not in self.ids:
+            self.ids[stage] = self.progress.add_task(stage, total=total, detail="")
+        self.progress.update(self.ids[stage], completed=done, total=total, detail=detail[-40:])
+
+    def __exit__(self, *exc) -> None:
+        from flows.progress import set_reporter
+
+        set_reporter(None)
+        self.progress.__exit__(*exc)
+
+
+def _print_report(result: dict) -> None:
+    ingest, training, enrichment, overview = result["ingest"], result["training"], result["enrichment"], result["overview"]
+    changed = ingest["added"] + ingest["updated"] + ingest["deleted"]
+    trained = [o for o in training["outcomes"].values() if o["trained"]]
+    computed = enrichment["tagged"] + enrichment["summarised"] + enrichment["embedded"]
+    if not changed and not trained and not computed:
+        out.print("[bold]Nothing to do:[/bold] no document changed, every adapter is current, nothing was re-encoded.")
+    out.print(
+        f"Ingest: {ingest['added']} added, {ingest['updated']} updated, {ingest['unchanged']} unchanged, "
+        f"{ingest['deleted']} deleted, {ingest['errors']} errors ({ingest['seconds']:.1f} s)",
+        highlight=False, markup=False,
+    )
+    for path in ingest.get("error_files", [])[:5]:
+        out.print(f"  could not read {path} (`kb errors` says why)", highlight=False, markup=False)
+    for need in training["needs"]:
+        outcome = training["outcomes"].get(need["task"])
+        if outcome is None:
+            out.print(f"Adapter {need['task']}: not retrained, {need['reason']}", highlight=False, markup=False)
+        elif not outcome["trained"]:
+            out.print(f"Adapter {need['task']}: not trained, {outcome['message']}", highlight=False, markup=False)
+        else:
+            metric = outcome["primary_metric"]
+            out.print(
+                f"Adapter {need['task']}: version {outcome['version']} {outcome['status']}, {metric} "
+                f"{outcome['metrics'][metric]:.3f} (baseline {outcome['baseline'][metric]:.3f}) in "
+                f"{outcome['seconds']:.0f} s; {outcome['message']}",
+                highlight=False, markup=False,
+            )
+    out.print(
+        f"Enrich: {enrichment['tagged']} documents tagged, {enrichment['summarised']} summarised, "
+        f"{enrichment['embedded']} chunks embedded ({enrichment['seconds']:.1f} s)",
+        highlight=False, markup=False,
+    )
+    out.print(
+        f"Knowledge base: {overview['documents']} documents, {overview['auto_tagged_documents']} auto-tagged, "
+        f"{overview['summarised_documents']} summarised, index {result['index']['count']} vectors "
+        f"({result['index']['embed_key']})",
+        highlight=False, markup=False,
+    )
+    for task, info in overview["adapters"].items():
+        value, base = info["value"], info["baseline"]
+        out.print(
+            f"  active {task}: version {info['version']} ({info['kind']}), {info['primary_metric']} "
+            f"{value:.3f} vs baseline {base:.3f}" if value is not None and base is not None else
+            f"  active {task}: version {info['version']}",
+            highlight=False, markup=False,
+        )
+    example = overview.get("example_search")
+    if example:
+        out.print(f"Example search: kb search {example['query']!r}", highlight=False, markup=False)
+        for rank, hit in enumerate(example["results"], 1):
+            tags = ", ".join(hit.get("tags") or [])
+            out.print(f"  {rank}. {hit['title']}  [{tags}]  {hit['path']}", highlight=False, markup=False)

@@ -1,0 +1,65 @@
+"""What the knowledge base holds now: the closing report of `kb run` and the flows' artifacts."""
+
+from __future__ import annotations
+
+from sqlalchemy import func, select
+
+from kb_pipeline.config import Settings
+from kb_pipeline.store import derived, repo
+from kb_pipeline.store.db import session_factory
+from kb_pipeline.store.schema import Document, GoldLabel, PredictedLabel, PredictedSummary
+from kb_pipeline.training import registry
+
+
+def overview(settings: Settings, models) -> dict:
+    """Documents, current auto-tags and summaries, index size and the active adapters' metrics."""
+    versions = models.versions
+    with session_factory(settings)() as session:
+        stats = repo.stats(session)
+        tagged = _current(session, PredictedLabel, versions.get("classify"), PredictedLabel.kind == "category")
+        summarised = _current(session, PredictedSummary, versions.get("summarise"))
+        live = derived.live_build(session)
+        adapters = {
+            task: {
+                "version": v.id, "kind": v.kind, "primary_metric": v.primary_metric,
+                "value": v.metrics.get(v.primary_metric), "baseline": v.baseline.get(v.primary_metric),
+            }
+            for task, v in registry.active_versions(session, models.adapters.backbone.weights_hash).items()
+        }
+    return {
+        "documents": stats["documents"],
+        "chunks": stats["chunks"],
+        "labelled_documents": stats["labelled_documents"],
+        "auto_tagged_documents": tagged,
+        "summarised_documents": summarised,
+        "index": {"vectors": live.count if live else 0, "embed_key": live.embed_key if live else None},
+        "adapters": adapters,
+    }
+
+
+def _current(session, table, adapter_version: int | None, *extra) -> int:
+    """Active documents with an output from the active adapter for their current version."""
+    if adapter_version is None:
+        return 0
+    query = (
+        select(func.count(func.distinct(table.document_id)))
+        .join(Document, Document.id == table.document_id)
+        .where(
+            Document.status == "active", table.adapter_version == adapter_version,
+            table.document_version == Document.version, *extra,
+        )
+    )
+    return int(session.scalar(query) or 0)
+
+
+def example_query(settings: Settings) -> str | None:
+    """A query worth showing: the title of the first public, gold-summarised document."""
+    with session_factory(settings)() as session:
+        query = (
+            select(Document.title)
+            .join(GoldLabel, GoldLabel.document_id == Document.id)
+            .where(Document.status == "active", GoldLabel.summary.is_not(None), derived.readable_filter(None))
+            .order_by(Document.id)
+            .limit(1)
+        )
+        return session.scalar(query)
