@@ -338,3 +338,20 @@ def test_serve_builds_the_two_scheduled_deployments(harness, tmp_path):
     assert ingest.schedules[0].schedule.cron == "*/5 * * * *"
     assert retrain.name == "kb-scheduled-retrain" and retrain.schedules[0].schedule.cron == "0 3 * * *"
     assert retrain.parameters["tasks"] == ["classify", "embed", "summarise"]
+
+
+def test_models_load_once_per_process_and_reload_after_a_promotion(kb, tmp_path):
+    """What a Dask worker relies on: one load serves every batch until the active adapters change."""
+    from flows.tasks import task_models
+    from kb_pipeline.ingest.pipeline import ingest
+    from kb_pipeline.training.service import train_tasks
+
+    upgrade(kb.database_url)
+    ingest(kb, [write_corpus(tmp_path / "corpus", n=8)])
+    first = task_models(kb)
+    assert task_models(kb) is first and first.versions == {}
+    (outcome,) = train_tasks(kb, ["classify"])
+    assert outcome.status == "active"
+    second = task_models(kb)
+    assert second is not first and second.versions == {"classify": outcome.version}
+    assert task_models(kb) is second and not second.adapters.closed

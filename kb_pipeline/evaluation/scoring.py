@@ -10,6 +10,9 @@ from __future__ import annotations
 
 from typing import Hashable, Sequence
 
+from kb_pipeline.config import Settings
+from kb_pipeline.evaluation.split import GoldDoc
+
 from kb_pipeline.training.metrics import (
     accuracy,
     confusion_matrix,
@@ -71,3 +74,171 @@ def retrieval_scores(rankings: Sequence[Sequence[Hashable]], relevant: Sequence[
 
 def summary_scores(candidates: Sequence[str], references: Sequence[str]) -> dict:
     return {"n": len(references)} | mean_rouge(candidates, references)
+
+
+# ----------------------------------------------------------------------------- classification
+
+
+def score_classification(train: Sequence[GoldDoc], test: Sequence[GoldDoc], predicted: dict, outcome) -> dict:
+    """Category and tag scores of the classify adapter and of the majority and TF-IDF + LR baselines."""
+    from collections import Counter
+
+    from kb_pipeline.evaluation import baselines
+    from kb_pipeline.training.datasets import model_input
+
+    train_cat = [d for d in train if d.category]
+    test_cat = [d for d in test if d.category]
+    truth = [d.category for d in test_cat]
+    classes = sorted(set(truth))
+    result: dict = {
+        "n": len(test_cat),
+        "classes": classes,
+        "support": dict(sorted(Counter(truth).items())),
+        "train_support": dict(sorted(Counter(d.category for d in train_cat).items())),
+        "model": None,
+        "baselines": {},
+    }
+    test_tagged = [d for d in test if d.tags]
+    tag_truth = [d.tags for d in test_tagged]
+    result["tags_n"] = len(test_tagged)
+
+    if outcome.trained:
+        pred = [predicted.get(d.doc_id, {}).get("category") or "(none)" for d in test_cat]
+        tags = tag_scores(tag_truth, [predicted.get(d.doc_id, {}).get("tags", ()) for d in test_tagged]) if test_tagged else None
+        result["model"] = {"label": "classify adapter", "category": category_scores(truth, pred, classes), "tags": tags}
+    else:
+        result["model_note"] = f"classify adapter not trained: {outcome.message}"
+
+    majority = baselines.majority_category([d.category for d in train_cat])
+    tagset = baselines.majority_tagset([d.tags for d in train_cat if d.tags])
+    result["baselines"]["majority"] = {
+        "label": "majority class",
+        "prediction": {"category": majority, "tags": sorted(tagset)},
+        "category": category_scores(truth, [majority] * len(truth), classes),
+        "tags": tag_scores(tag_truth, [tagset] * len(tag_truth)) if test_tagged else None,
+    }
+    train_texts = [model_input(d.title, d.text) for d in train_cat]
+    tfidf_pred = baselines.tfidf_logreg_categories(train_texts, [d.category for d in train_cat],
+                                                   [model_input(d.title, d.text) for d in test_cat])
+    tfidf_tags = None
+    if test_tagged:
+        tag_pred = baselines.tfidf_logreg_tags(train_texts, [d.tags for d in train_cat],
+                                               [model_input(d.title, d.text) for d in test_tagged])
+        tfidf_tags = tag_scores(tag_truth, tag_pred)
+    result["baselines"]["tfidf_logreg"] = {
+        "label": "TF-IDF + logistic regression",
+        "category": category_scores(truth, tfidf_pred, classes),
+        "tags": tfidf_tags,
+    }
+    return result
+
+
+# ----------------------------------------------------------------------------- search
+
+
+SEARCH_MODES = {  # key: (label, role, search mode, embedder)
+    "keyword": ("keyword (FTS)", "system", "keyword", None),
+    "bm25": ("BM25 (rank_bm25)", "baseline", None, None),
+    "dense_untuned": ("dense, untuned backbone", "baseline", "dense", "untuned"),
+    "dense_tuned": ("dense, embed adapter", "system", "dense", "tuned"),
+    "hybrid_untuned": ("hybrid, untuned backbone", "baseline", "hybrid", "untuned"),
+    "hybrid": ("hybrid, embed adapter", "system", "hybrid", "tuned"),
+}
+
+
+def score_search(scratch: Settings, docs: Sequence[GoldDoc], test: Sequence[GoldDoc], tuned, untuned, outcome) -> dict:
+    """Each test document's gold summary is a query whose one relevant answer is that document."""
+    from kb_pipeline.evaluation.baselines import bm25_rankings
+    from kb_pipeline.evaluation.scratch import acl_groups
+    from kb_pipeline.serving.search import Filters, search
+    from kb_pipeline.store.db import session_factory
+
+    queries = [(d.summary, d.doc_id) for d in test if d.summary]
+    relevant = [doc_id for _, doc_id in queries]
+    texts = [q for q, _ in queries]
+    embed_info = {
+        "trained": outcome.trained,
+        "version": outcome.version,
+        "status": outcome.status,
+        "promoted": outcome.status == "active",
+        "reason": outcome.message,
+    }
+    result: dict = {"queries": len(queries), "documents": len(docs), "k": K, "embed_adapter": embed_info, "modes": {}}
+    if not queries:
+        result["note"] = "no test document has a gold summary, so there are no queries"
+        return result
+    filters = Filters(groups=acl_groups(scratch))  # every document is readable in an eval
+    embedders = {"untuned": untuned, "tuned": tuned}
+    indexes, embeds = {}, {}
+    uri = {d.doc_id: d.uri for d in docs}
+    per_query = [{"path": uri[doc_id], "ranks": {}} for doc_id in relevant]
+    with session_factory(scratch)() as session:
+        for name, models in embedders.items():
+            if models is not None:
+                indexes[name] = _index(session, models.embed_key)
+                embeds[name] = _cached_embed(models, texts)
+        for key, (label, role, mode, embedder) in SEARCH_MODES.items():
+            if key == "bm25":
+                rankings = bm25_rankings([d.doc_id for d in docs], [d.text for d in docs], texts, K)
+            elif embedder is not None and embedder not in indexes:
+                result["modes"][key] = None
+                continue
+            else:
+                index, embed = indexes.get(embedder), embeds.get(embedder)
+                rankings = [
+                    [r["doc_id"] for r in search(session, q, k=K, mode=mode, filters=filters, index=index, embed=embed)]
+                    for q in texts
+                ]
+            result["modes"][key] = {"label": label, "role": role} | retrieval_scores(rankings, relevant, K)
+            for row, ranked, doc_id in zip(per_query, rankings, relevant):
+                row["ranks"][key] = ranked.index(doc_id) + 1 if doc_id in ranked else None
+    result["per_query"] = per_query  # rank of the right document per mode (None: not in the top k)
+    return result
+
+
+def _index(session, embed_key: str):
+    """An in-memory exact index of the stored vectors of one embedder (the scratch KB holds two)."""
+    from kb_pipeline.indexing.vector_index import VectorIndex
+    from kb_pipeline.store import derived
+
+    ids, vectors = derived.load_embeddings(session, embed_key)
+    return VectorIndex.build(ids, vectors)
+
+
+def _cached_embed(models, texts: Sequence[str]):
+    """models.embed, with the known queries encoded once in batches rather than one search at a time."""
+    vectors = models.embed(list(texts))
+    known = {text: vectors[i] for i, text in enumerate(texts)}
+
+    def embed(batch: Sequence[str]):
+        import numpy as np
+
+        if all(t in known for t in batch):
+            return np.stack([known[t] for t in batch])
+        return models.embed(list(batch))
+
+    return embed
+
+
+# ----------------------------------------------------------------------------- summaries
+
+
+def score_summaries(test: Sequence[GoldDoc], predicted: dict, outcome) -> dict:
+    from kb_pipeline.evaluation.baselines import lead_summaries
+
+    scored = [d for d in test if d.summary]
+    refs = [d.summary for d in scored]
+    result: dict = {"n": len(scored), "model": None, "baselines": {}}
+    if not scored:
+        result["note"] = "no test document has a gold summary"
+        return result
+    if outcome.trained:
+        candidates = [predicted.get(d.doc_id, {}).get("summary") or "" for d in scored]
+        result["model"] = {"label": "summarise adapter"} | summary_scores(candidates, refs)
+        result["examples"] = [
+            {"path": d.uri, "gold": d.summary, "predicted": c} for d, c in list(zip(scored, candidates))[:3]
+        ]
+    else:
+        result["model_note"] = f"summarise adapter not trained: {outcome.message}"
+    result["baselines"]["lead"] = {"label": "lead sentences"} | summary_scores(lead_summaries([d.text for d in scored]), refs)
+    return result
