@@ -15,7 +15,9 @@ from typing import List, Optional
 import typer
 
 from kb_pipeline.cli import app
-from kb_pipeline.cli.common import JsonOpt, UserError, command, emit_json, err, out, progress_bar, settings as env_settings
+from kb_pipeline.cli.common import (
+    JsonOpt, UserError, clean, command, data, emit_json, err, out, progress_bar, settings as env_settings,
+)
 
 __all__ = ["app"]
 
@@ -49,10 +51,13 @@ def run(
     from flows.runtime import prefect_environment
 
     prefect_environment(s)
-    with _dask(runner, dask_address, dask_workers) as address, _bars():
-        from flows.pipeline import run_pipeline
+    try:
+        with _dask(runner, dask_address, dask_workers) as address, _bars():
+            from flows.pipeline import run_pipeline
 
-        result = run_pipeline(resolved, dask_address=address, force_train=retrain)
+            result = run_pipeline(resolved, dask_address=address, force_train=retrain)
+    except Exception as exc:
+        raise _failed_run(exc) from None
     if json_out:
         emit_json(result)
     else:
@@ -65,6 +70,7 @@ def serve(
     paths: List[Path] = typer.Argument(..., help="Folders to ingest on the schedule."),
     ingest_cron: str = typer.Option("*/15 * * * *", "--ingest-cron", help="When to ingest, enrich and index."),
     retrain_cron: str = typer.Option("0 2 * * *", "--retrain-cron", help="When to retrain adapters whose data changed."),
+    host: str = typer.Option("127.0.0.1", "--host", help="Address the local Prefect server listens on (0.0.0.0: every interface)."),
     port: int = typer.Option(4200, "--port", help="Port of the local Prefect server started when PREFECT_API_URL is unset."),
     runner: Runner = TaskRunnerOpt,
     dask_address: Optional[str] = DaskAddressOpt,
@@ -77,30 +83,35 @@ def serve(
     resolved = [str(p) for p in check_paths(paths)]
     _check_runner(s, runner, dask_address, serving=True)
     upgrade(s.database_url, "head")
+    from flows.logs import SERVE_CONSOLE
     from flows.runtime import prefect_environment
 
-    prefect_environment(s)
-    from flows.serve import ServerStartError, build_deployments, start_local_server, stop_server
+    if "PREFECT_LOGGING_CONFIG_PATH" in prefect_environment(s):
+        for key, value in SERVE_CONSOLE.items():  # one line per failing scheduled run on this console
+            os.environ.setdefault(key, value)
+    from flows.serve import ServerStartError, build_deployments, local_address, start_local_server, stop_server
 
     _check_cron(ingest_cron, "--ingest-cron")
     _check_cron(retrain_cron, "--retrain-cron")
     server = None
+    ui = None
     if not os.environ.get("PREFECT_API_URL"):
-        err.print(f"Starting a local Prefect server on http://127.0.0.1:{port} (its data: {s.prefect_home}) ...")
+        err.print(f"Starting a local Prefect server on {host}:{port} (its data: {s.prefect_home}) ...",
+                  highlight=False, soft_wrap=True)
         try:
-            server = start_local_server(s, port)
+            server, ui = start_local_server(s, port, host)
         except ServerStartError as exc:
             raise UserError(str(exc)) from None
-        os.environ["PREFECT_API_URL"] = f"http://127.0.0.1:{port}/api"
-    api = os.environ["PREFECT_API_URL"]
+        os.environ["PREFECT_API_URL"] = f"{local_address(host, port)}/api"
+    ui = ui or os.environ["PREFECT_API_URL"].removesuffix("/api")
     signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
     try:
         from prefect import serve as prefect_serve
 
         deployments = build_deployments(resolved, ingest_cron, retrain_cron, dask_address)
-        ui = api.removesuffix("/api")
-        err.print(f"Serving: ingest {' '.join(resolved)} on '{ingest_cron}', retrain on '{retrain_cron}'. "
-                  f"Runs and artifacts: {ui} . Ctrl-C stops.", highlight=False)
+        log = _log_note()
+        err.print(f"Serving: ingest {data(' '.join(resolved))} on '{data(ingest_cron)}', retrain on '{data(retrain_cron)}'. "
+                  f"Runs and artifacts: {ui} .{log} Ctrl-C stops.", highlight=False, soft_wrap=True)
         prefect_serve(*deployments, print_starting_message=False)
     except KeyboardInterrupt:
         pass
@@ -108,6 +119,25 @@ def serve(
         if server is not None:
             stop_server(server)
     err.print("Stopped.")
+
+
+def _failed_run(exc: Exception) -> Exception:
+    """One line for a failed run: what went wrong and where the traceback is (the log file, not the console)."""
+    from flows.logs import run_log_file, traceback_logged
+
+    log = run_log_file()
+    if log is None or not traceback_logged(exc):  # the user's own logging config, or no run got that far
+        return exc
+    # kb's own errors are written to be read as they are; anything else is named by its type
+    detail = str(exc) if type(exc).__module__.startswith("kb_pipeline") else f"{type(exc).__name__}: {exc}"
+    return UserError(f"{detail} (full traceback in {log})")
+
+
+def _log_note() -> str:
+    from flows.logs import run_log_file
+
+    log = run_log_file()
+    return f" Run logs and tracebacks: {log} ." if log else ""
 
 
 def _check_runner(s, runner: Runner, dask_address: str | None, serving: bool = False) -> None:
@@ -185,7 +215,7 @@ def _print_report(result: dict) -> None:
         highlight=False, markup=False,
     )
     for path in ingest.get("error_files", [])[:5]:
-        out.print(f"  could not read {path} (`kb errors` says why)", highlight=False, markup=False)
+        out.print(f"  could not read {clean(path)} (`kb errors` says why)", highlight=False, markup=False)
     for need in training["needs"]:
         outcome = training["outcomes"].get(need["task"])
         if outcome is None:
@@ -221,7 +251,7 @@ def _print_report(result: dict) -> None:
         )
     example = overview.get("example_search")
     if example:
-        out.print(f"Example search: kb search {example['query']!r}", highlight=False, markup=False)
+        out.print(f"Example search: kb search {clean(repr(example['query']))}", highlight=False, markup=False)
         for rank, hit in enumerate(example["results"], 1):
-            tags = ", ".join(hit.get("tags") or [])
-            out.print(f"  {rank}. {hit['title']}  [{tags}]  {hit['path']}", highlight=False, markup=False)
+            tags = ", ".join(clean(t) for t in hit.get("tags") or [])
+            out.print(f"  {rank}. {clean(hit['title'])}  [{tags}]  {clean(hit['path'])}", highlight=False, markup=False)

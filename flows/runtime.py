@@ -2,8 +2,9 @@
 
 Prefect reads its settings when first imported, so `prefect_environment` must run first. Defaults
 keep everything inside the KB: Prefect's home (its SQLite database, local results) under
-`$KB_HOME/prefect`, analytics off, and a startup timeout long enough for the temporary local API on
-a slow 2-core machine. A user's own PREFECT_* variables (say PREFECT_API_URL, to report to a real
+`$KB_HOME/prefect`, run logs with their tracebacks in `$KB_HOME/logs/kb.log` rather than on the
+console (flows.logs), analytics off, and a startup timeout long enough for the temporary local API
+on a slow 2-core machine. A user's own PREFECT_* variables (say PREFECT_API_URL, to report to a real
 Prefect server) always win.
 """
 
@@ -12,12 +13,14 @@ from __future__ import annotations
 import os
 import sys
 
+from flows import logs
 from kb_pipeline.config import Settings
 
 DEFAULTS = {
     "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
     "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120",
-    # The flows report their own progress and results; Prefect's per-task INFO lines would drown them.
+    # The flows report their own progress and results; Prefect's INFO lines would drown them (the
+    # run loggers log INFO to the log file and the API only, see flows.logs).
     "PREFECT_LOGGING_LEVEL": "WARNING",
 }
 
@@ -28,6 +31,8 @@ def prefect_environment(settings: Settings) -> dict[str, str]:
         # Too late to move Prefect's home; it would silently use ~/.prefect instead of the KB's.
         raise RuntimeError("prefect was imported before prefect_environment(); import flows lazily")
     wanted = {"PREFECT_HOME": str(settings.prefect_home), **DEFAULTS}
+    if not any(key in os.environ for key in logs.CONFIG_VARS):
+        wanted["PREFECT_LOGGING_CONFIG_PATH"] = str(logs.write_logging_config(settings))
     applied = {}
     for key, value in wanted.items():
         if key not in os.environ:

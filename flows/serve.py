@@ -3,12 +3,18 @@
 Schedules need a Prefect server with its scheduler running (the temporary API that `kb run` uses
 has none). With PREFECT_API_URL set, the deployments register there; without it, a local server
 is started for as long as `kb serve` runs, with its database under `$KB_HOME/prefect` and its UI
-on http://127.0.0.1:4200.
+on http://127.0.0.1:4200 (or `--host`/`--port`).
+
+The UI is a page in the browser that asks the API for its data at the address the server's settings
+give it, which Prefect derives from PREFECT_SERVER_API_HOST/PORT, not from `prefect server start
+--host/--port`. Left alone, a UI served on another port asks port 4200 and shows no runs, so the
+server is started with that address set, unless the user set PREFECT_UI_API_URL themselves.
 """
 
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -39,18 +45,47 @@ def build_deployments(paths: list[str], ingest_cron: str, retrain_cron: str, das
     ]
 
 
-def start_local_server(settings: Settings, port: int = 4200, timeout_s: float = 180.0) -> subprocess.Popen:
-    """Start `prefect server start` on 127.0.0.1:port and wait until its API answers."""
+WILDCARD_HOSTS = ("0.0.0.0", "::", "")
+UI_API_VARS = ("PREFECT_UI_API_URL", "PREFECT_SERVER_UI_API_URL")
+
+
+def _url_host(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
+
+
+def local_address(host: str, port: int) -> str:
+    """Where this machine reaches a server listening on host:port."""
+    return f"http://{'127.0.0.1' if host in WILDCARD_HOSTS else _url_host(host)}:{port}"
+
+
+def browser_address(host: str, port: int) -> str:
+    """Where a browser reaches the server: its host, or this machine's name when it listens everywhere."""
+    return f"http://{_url_host(socket.gethostname() if host in WILDCARD_HOSTS else host)}:{port}"
+
+
+def server_environment(host: str, port: int, environ: dict[str, str] | None = None) -> dict[str, str]:
+    """The local server's environment: its own host and port, and the API address its UI is to use."""
+    env = dict(os.environ if environ is None else environ)
+    env["PREFECT_SERVER_API_HOST"], env["PREFECT_SERVER_API_PORT"] = host, str(port)
+    if not any(env.get(key) for key in UI_API_VARS):
+        env["PREFECT_SERVER_UI_API_URL"] = f"{browser_address(host, port)}/api"
+    return env
+
+
+def start_local_server(settings: Settings, port: int = 4200, host: str = "127.0.0.1",
+                       timeout_s: float = 180.0) -> tuple[subprocess.Popen, str]:
+    """Start `prefect server start` on host:port, wait until its API answers; returns it and its UI's address."""
     log_path = settings.prefect_home / "server.log"
     log_path.parent.mkdir(parents=True, exist_ok=True)
     log = open(log_path, "ab")
     process = subprocess.Popen(
-        [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port),
+        [sys.executable, "-m", "prefect", "server", "start", "--host", host, "--port", str(port),
          "--analytics-off"],
-        stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=os.environ.copy(),
+        stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=server_environment(host, port),
         start_new_session=True,  # Ctrl-C reaches us once; we stop the server ourselves
     )
-    health = f"http://127.0.0.1:{port}/api/health"
+    log.close()  # the server holds its own copy
+    health = f"{local_address(host, port)}/api/health"
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if process.poll() is not None:
@@ -58,7 +93,7 @@ def start_local_server(settings: Settings, port: int = 4200, timeout_s: float = 
         try:
             with urllib.request.urlopen(health, timeout=2) as response:
                 if response.status == 200:
-                    return process
+                    return process, browser_address(host, port)
         except OSError:
             time.sleep(1)
     stop_server(process)

@@ -177,6 +177,49 @@ def test_offsets_counts_and_coverage_on_arbitrary_unicode_chunk_tokenizer(minilm
     check_invariants(text, chunks, minilm_chunk, max_tokens)
 
 
+char_sizes = st.sampled_from([(16, 0, 16), (24, 5, 40), (64, 20, 100), (200, 40, 300)])
+
+
+@PROPERTY
+@given(
+    text=st.one_of(document, st.text(max_size=400), st.text(st.sampled_from("ab東😀 _."), max_size=600)),
+    size=char_sizes,
+)
+def test_chunks_never_exceed_the_character_bound(any_tokenizer, text, size):
+    max_tokens, overlap, max_chars = size
+    chunks = chunk_text(text, any_tokenizer, max_tokens=max_tokens, overlap_tokens=overlap, max_chars=max_chars)
+    check_invariants(text, chunks, any_tokenizer, max_tokens)
+    assert all(len(c.text) <= max_chars for c in chunks)
+
+
+def test_a_huge_single_token_is_hard_split_with_right_offsets(minilm, minilm_chunk):
+    """WordPiece makes one [UNK] of a word over 100 characters: a 1 MB run was one 1 MB chunk."""
+    for tokenizer in (minilm, minilm_chunk):
+        text = "Intro words here.\n\n" + "x" * 1_000_000 + " tail"
+        began = time.perf_counter()
+        chunks = chunk_text(text, tokenizer)  # default bound: 20 characters per token of budget
+        assert time.perf_counter() - began < 10
+        check_invariants(text, chunks, tokenizer, 200)
+        assert max(len(c.text) for c in chunks) == 4000
+        assert chunks[0].text == "Intro words here." and chunks[-1].text == "tail"
+        assert "".join(c.text for c in chunks[1:-1]) == "x" * 1_000_000
+
+
+def test_long_words_are_cut_between_words_to_respect_the_character_bound(minilm):
+    text = " ".join(("abc" * 30)[: 60 + i % 30] for i in range(400))  # 100-char words of many tokens each
+    chunks = chunk_text(text, minilm, max_tokens=200, overlap_tokens=0, max_chars=1000)
+    check_invariants(text, chunks, minilm, 200)
+    assert all(len(c.text) <= 1000 for c in chunks)
+    assert all(c.char_end == len(text) or text[c.char_end] == " " for c in chunks)  # no hard split needed
+
+
+def test_hard_split_pieces_end_at_the_last_whitespace_in_reach():
+    from kb_pipeline.ingest.chunking import _hard_pieces
+
+    text = "aaaa bbbb cccccccccccc dd"
+    assert list(_hard_pieces(text, 0, len(text), 10)) == [(0, 9), (10, 20), (20, 25)]
+
+
 # --- boundary preferences ------------------------------------------------------------------------
 
 
@@ -293,6 +336,7 @@ def test_no_overlap_across_heading_cut(minilm):
         ({"max_tokens": 15}, "max_tokens"),
         ({"max_tokens": 100, "overlap_tokens": 50}, "overlap_tokens"),
         ({"overlap_tokens": -1}, "overlap_tokens"),
+        ({"max_chars": 15}, "max_chars"),
     ],
 )
 def test_bad_arguments(minilm, kwargs, name):

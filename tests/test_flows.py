@@ -355,3 +355,100 @@ def test_models_load_once_per_process_and_reload_after_a_promotion(kb, tmp_path)
     second = task_models(kb)
     assert second is not first and second.versions == {"classify": outcome.version}
     assert task_models(kb) is second and not second.adapters.closed
+
+
+def _kb_env(kb_home: Path, **extra: str) -> dict[str, str]:
+    """The environment of a `kb` subprocess: this test's KB, and none of this process's PREFECT_* state."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+    env.update(KB_HOME=str(kb_home), PREFECT_SERVER_ANALYTICS_ENABLED="false",
+               PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS="120", **extra)
+    env.pop("KB_DATABASE_URL", None)
+    return env
+
+
+def test_a_failing_task_prints_one_line_and_logs_the_traceback_to_the_kb_log(harness, tmp_path):
+    """Prefect's ERROR records with tracebacks go to $KB_HOME/logs/kb.log; stderr gets kb's one line, naming it."""
+    import subprocess
+    import sys
+
+    from prefect.settings import PREFECT_API_URL
+
+    corpus = write_corpus(tmp_path / "corpus", n=2)
+    home = tmp_path / "kbhome"
+    kb = Path(sys.executable).with_name("kb")
+    # no such backbone: the parse-and-store task fails (a permanent error, no retries); the harness's API
+    # saves starting a temporary one
+    env = _kb_env(home, KB_BACKBONE=str(tmp_path / "no-model"), PREFECT_API_URL=PREFECT_API_URL.value())
+    done = subprocess.run([str(kb), "run", str(corpus)], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 1, done.stderr
+    log = home / "logs" / "kb.log"
+    lines = done.stderr.splitlines()
+    errors = [line for line in lines if line.startswith("error:")]
+    assert len(errors) == 1, done.stderr
+    assert errors[0].startswith(f"error: cannot load tokenizer for backbone '{tmp_path / 'no-model'}'")
+    assert errors[0].endswith(f"(full traceback in {log})")
+    others = "\n".join(line for line in lines if line not in errors)  # the progress bar, nothing else
+    assert not any(word in others for word in ("Traceback", "ERROR", "exception", "Failed")), done.stderr
+    text = log.read_text()
+    assert "Traceback (most recent call last)" in text and "BackboneError" in text
+    assert "Task run 'parse-and-store-3-files' - Finished in state Failed" in text
+
+
+def test_serve_starts_its_server_with_the_ui_asking_its_own_port():
+    from flows.serve import server_environment
+
+    env = server_environment("127.0.0.1", 4311, {"PATH": "/bin"})
+    assert env["PREFECT_SERVER_UI_API_URL"] == "http://127.0.0.1:4311/api"
+    assert (env["PREFECT_SERVER_API_HOST"], env["PREFECT_SERVER_API_PORT"]) == ("127.0.0.1", "4311")
+    assert env["PATH"] == "/bin"
+    # the user's own UI address wins, under either of Prefect's names for it
+    for key in ("PREFECT_UI_API_URL", "PREFECT_SERVER_UI_API_URL"):
+        mine = server_environment("127.0.0.1", 4311, {key: "https://kb.example.com/api"})
+        assert mine[key] == "https://kb.example.com/api" and len({k for k in mine if "UI_API_URL" in k}) == 1
+    # listening everywhere: the browser is sent to this machine's name, kb itself talks to 127.0.0.1
+    import socket
+
+    from flows.serve import local_address
+
+    everywhere = server_environment("0.0.0.0", 4400, {})
+    assert everywhere["PREFECT_SERVER_UI_API_URL"] == f"http://{socket.gethostname()}:4400/api"
+    assert local_address("0.0.0.0", 4400) == "http://127.0.0.1:4400" and local_address("::1", 80) == "http://[::1]:80"
+
+
+def test_serve_console_shows_a_failing_run_in_one_line():
+    import logging
+    import sys
+
+    from flows.logs import OneLineFormatter
+
+    try:
+        raise ValueError("a bug\nwith a second line")
+    except ValueError:
+        record = logging.LogRecord("prefect.flow_runs", logging.ERROR, __file__, 1, "Encountered exception: %s",
+                                   ("ValueError('a bug')",), sys.exc_info())
+    record.flow_run_name = "scheduled ingest ['/docs']"
+    line = OneLineFormatter(log_file="/kb/logs/kb.log").format(record)
+    assert "\n" not in line and "Traceback" not in line
+    assert line.endswith("| ERROR | scheduled ingest ['/docs']: Encountered exception: ValueError('a bug') "
+                         "(full traceback in /kb/logs/kb.log)")
+
+
+def test_serve_console_shows_each_failure_once():
+    """A failing subflow, its parent flow and the engine log the same exception: kb serve shows it once."""
+    import logging
+    import sys
+
+    from flows.logs import OncePerException
+
+    once = OncePerException()
+
+    def record(exc_info) -> logging.LogRecord:
+        return logging.LogRecord("prefect.flow_runs", logging.ERROR, __file__, 1, "failed", (), exc_info)
+
+    for message in ("one", "two"):
+        try:
+            raise ValueError(message)
+        except ValueError:
+            info = sys.exc_info()
+        assert [once.filter(record(info)) for _ in range(3)] == [True, False, False]
+    assert once.filter(record(None)) and once.filter(record(None)), "records without an exception all pass"

@@ -22,10 +22,10 @@ import pytest
 from kb_pipeline.indexing.sync import load_live_index
 from kb_pipeline.ingest.pipeline import ingest
 from kb_pipeline.serving.enrich import enrich, load_task_models
-from kb_pipeline.serving.search import search
+from kb_pipeline.serving.search import MAX_QUERY_TERMS, query_terms, search
 from kb_pipeline.store.db import session_factory
 from kb_pipeline.training.metrics import mrr_at_k
-from tiny_models import single_threaded
+from tiny_models import single_threaded, tiny_bert_backbone
 
 DOCS = {
     # identifier documents, each with a look-alike whose code shares no full-text token with the query
@@ -98,3 +98,29 @@ def test_hybrid_beats_keyword_and_dense_on_mean_reciprocal_rank(settings, tmp_pa
     assert all(reciprocal["dense"][q] == 1.0 for q in PARAPHRASE_QUERIES), detail
     assert all(reciprocal["hybrid"][q] == 1.0 for q in queries), detail
     assert mrr["hybrid"] > mrr["dense"] and mrr["hybrid"] > mrr["keyword"], (mrr, detail)
+
+
+def test_query_terms_are_deduplicated_and_capped():
+    assert query_terms("Leave LEAVE policy, leave!") == ["leave", "policy"]
+    many = query_terms(" ".join(f"w{i % 500}" for i in range(30_000)))
+    assert many == [f"w{i}" for i in range(MAX_QUERY_TERMS)]
+
+
+def test_a_30000_word_query_gives_results_on_both_databases(settings, tmp_path):
+    """Postgres refused a tsquery of 30,000 ORed words (stack depth exceeded); any query must work."""
+    ingest(settings, [write_fixture(tmp_path / "notes")])
+    backbone = tiny_bert_backbone()
+    models = load_task_models(settings, backbone)
+    enrich(settings, models=models)
+    index = load_live_index(settings, models.embed_key)
+    queries = [
+        "firmware ZX-4471 " + " ".join(f"filler{i}" for i in range(30_000)),  # distinct words
+        " ".join(["firmware"] * 30_000),  # one word, repeated
+    ]
+    with session_factory(settings)() as session:
+        for query in queries:
+            for mode in MODES:
+                results = search(session, query, k=3, mode=mode, index=index, embed=models.embed)
+                assert results, (mode, query[:40])
+                if mode == "keyword":
+                    assert Path(results[0]["path"]).stem == "firmware"

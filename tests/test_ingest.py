@@ -256,3 +256,135 @@ def test_a_file_stored_by_a_concurrent_ingest_meanwhile_becomes_an_update(settin
         assert str(doc.id) == racer[0] and doc.version == 2 and doc.title == "Database Failover Runbook"
         assert [c.text for c in doc.chunks] != ["old"]
     assert row_counts(settings)["documents"] == 3
+
+
+# --- symbolic links ------------------------------------------------------------------------------
+
+
+def test_symlinks_never_leave_the_ingested_folder_and_inside_ones_are_read_once(settings, corpus, tmp_path):
+    outside = tmp_path / "outside"
+    write(outside / "secret.txt", "root:x:0:0:the secret outside the corpus\n")
+    write(outside / "docs" / "private.md", "# Private\n\nAlso outside the corpus.\n")
+    (corpus / "passwd.txt").symlink_to(outside / "secret.txt")  # ln -s /etc/passwd folder/passwd.txt
+    (corpus / "linked-folder").symlink_to(outside / "docs", target_is_directory=True)
+    (corpus / "alias.md").symlink_to(corpus / "hr" / "leave-policy.md")  # inside: read once, as its target
+    (corpus / "eng-again").symlink_to(corpus / "eng", target_is_directory=True)
+    (corpus / "eng" / "loop").symlink_to(corpus / "eng" / "loop")
+    (corpus / "broken.md").symlink_to(tmp_path / "nowhere.md")
+    (corpus / "eng" / "up").symlink_to(corpus, target_is_directory=True)  # a cycle back to the root
+
+    report = ingest(settings, [corpus])
+    refused = {Path(path).name for path, _, _ in report.refused}
+    assert refused == {"passwd.txt", "linked-folder", "loop", "broken.md"}
+    assert report.as_dict() | {"seconds": 0} == {
+        "added": 3, "updated": 0, "unchanged": 0, "deleted": 0, "skipped": 1 + 4, "errors": 0, "seconds": 0
+    }
+    with session_factory(settings)() as s:
+        texts = " ".join(s.scalars(select(Document.text)))
+        assert "secret" not in texts and "Private" not in texts
+        paths = sorted(s.scalars(select(Document.path)))
+        assert paths == sorted(str(corpus / p) for p in ("hr/leave-policy.md", "eng/failover.md", "eng/notes.txt"))
+        recorded = {Path(e.path).name: e for e in repo.list_errors(s)}  # what `kb errors` shows, with the reason
+    assert set(recorded) == refused and all(e.error_kind == "symlink" for e in recorded.values())
+    assert "outside the ingested folder" in recorded["passwd.txt"].message
+    assert str(outside / "secret.txt") in recorded["passwd.txt"].message
+    assert "broken or looping" in recorded["loop"].message and "broken or looping" in recorded["broken.md"].message
+    assert ingest(settings, [corpus]).as_dict()["unchanged"] == 3
+
+
+def test_a_symlinked_sub_folder_is_ingested_under_its_real_path(settings, corpus, tmp_path):
+    ingest(settings, [corpus])
+    (corpus / "handbook").symlink_to(corpus / "hr", target_is_directory=True)
+    report = ingest(settings, [corpus / "handbook"])  # the folder named through a link is the real one
+    assert report.as_dict()["added"] == 0 and report.as_dict()["unchanged"] == 1
+    assert row_counts(settings)["documents"] == 3
+
+
+# --- access lists --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("acl", ["[]", '""', "[~]", "~"])
+def test_an_empty_acl_is_an_error_and_keeps_the_restricted_version(settings, corpus, acl):
+    ingest(settings, [corpus])
+    path = corpus / "hr" / "leave-policy.md"
+    write(path, POLICY.replace("acl: [hr]", f"acl: {acl}").replace("25 days", "30 days"))
+    report = ingest(settings, [corpus])
+    assert report.as_dict()["errors"] == 1 and report.as_dict()["updated"] == 0
+    with session_factory(settings)() as s:
+        [error] = repo.list_errors(s)
+        doc = repo.find_document(s, str(path))
+        assert error.error_kind == "front_matter" and "'acl' names no group" in error.message
+        assert doc.version == 1 and "25 days" in doc.text
+        assert repo.document_labels(s, doc.id)["acl"] == ["hr"]  # still restricted, never public
+
+
+def test_acl_group_names_are_normalised_like_user_groups(settings, corpus):
+    from kb_pipeline.store import derived
+
+    write(corpus / "hr" / "leave-policy.md", POLICY.replace("acl: [hr]", "acl: ['Human   Resources']"))
+    ingest(settings, [corpus])
+    with session_factory(settings).begin() as s:
+        assert derived.add_user(s, "hana", ["HUMAN RESOURCES ", " "]) == ["human resources"]
+        assert derived.add_user(s, "ola", ["human\tresources"]) == ["human resources"]
+    with session_factory(settings)() as s:
+        doc = repo.find_document(s, str(corpus / "hr" / "leave-policy.md"))
+        assert repo.document_labels(s, doc.id)["acl"] == ["human resources"]
+        for groups in (derived.user_groups(s, "hana"), ["Human  Resources"]):  # stored, or as a search passes them
+            visible = set(s.scalars(select(Document.id).where(derived.readable_filter(groups))))
+            assert doc.id in visible
+        assert doc.id not in set(s.scalars(select(Document.id).where(derived.readable_filter(None))))
+
+
+# --- runs ----------------------------------------------------------------------------------------
+
+
+def test_runs_killed_with_sigkill_are_marked_abandoned_and_live_ones_are_not(settings, corpus):
+    import signal
+    import subprocess
+    import sys
+    from datetime import timedelta
+
+    from kb_pipeline.store.schema import IngestRun, utcnow
+
+    victim = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    with session_factory(settings).begin() as s:
+        killed = repo.start_run(s, ["killed"])
+        s.execute(update_run(killed, pid=victim.pid))
+        alive = repo.start_run(s, ["running concurrently in this process"])
+        remote_fresh = repo.start_run(s, ["on another host, heartbeat now"])
+        s.execute(update_run(remote_fresh, host="elsewhere", pid=1))
+        remote_stale = repo.start_run(s, ["on another host, silent for an hour"])
+        s.execute(update_run(remote_stale, host="elsewhere", heartbeat_at=utcnow() - timedelta(hours=1)))
+    victim.send_signal(signal.SIGKILL)
+    victim.wait()
+    with session_factory(settings)() as s:  # `kb stats` shows it before anything is written
+        last = repo.stats(s)["last_ingest"]
+        assert last["id"] == remote_stale and last["status"] == "abandoned"
+    report = ingest(settings, [corpus])  # a new run writes it down
+    with session_factory(settings)() as s:
+        status = dict(s.execute(select(IngestRun.id, IngestRun.status)).all())
+    assert status == {killed: "abandoned", alive: "running", remote_fresh: "running", remote_stale: "abandoned",
+                      report.run_id: "ok"}
+
+
+def update_run(run_id: int, **values):
+    from sqlalchemy import update
+
+    from kb_pipeline.store.schema import IngestRun
+
+    return update(IngestRun).where(IngestRun.id == run_id).values(**values)
+
+
+def test_a_path_too_long_to_store_is_an_error_not_a_crash(settings, corpus):
+    deep = corpus
+    for i in range(5):
+        deep = deep / (f"{i}" * 220)
+    try:
+        write(deep / "deep.md", "# Deep\n\nFar down.\n")
+    except OSError:
+        pytest.skip("the file system refuses paths this long")
+    report = ingest(settings, [corpus])
+    assert report.as_dict()["added"] == 3 and report.as_dict()["errors"] == 1
+    with session_factory(settings)() as s:
+        [error] = repo.list_errors(s)
+    assert error.error_kind == "path_too_long" and "deep.md" in error.message

@@ -405,11 +405,36 @@ def test_labels_are_normalised():
             "title": 2024,
             "category": "  Finance ",
             "tags": [" Tax", "tax", "", None, 7],
-            "acl": "",
+            "acl": [" Human \t Resources", "human resources", None, "Legal"],
             "summary": " A  summary ",
         }
     )
-    assert labels == Labels(title="2024", category="finance", tags=("tax", "7"), summary="A summary", acl=(), extra={})
+    assert labels == Labels(
+        title="2024", category="finance", tags=("tax", "7"), summary="A summary", acl=("human resources", "legal"),
+        extra={},
+    )
+    assert labels_from_metadata({"title": "no acl key: readable by everyone"}).acl == ()
+
+
+@pytest.mark.parametrize("acl", [[], "", "  ", ",", [None], [""], [" ", None], None])
+def test_an_acl_naming_no_group_is_an_error_never_public(acl):
+    with pytest.raises(FrontMatterError, match="'acl' names no group"):
+        labels_from_metadata({"acl": acl})
+
+
+def test_an_overlong_tag_or_group_is_an_error_naming_the_field():
+    with pytest.raises(FrontMatterError, match="'acl' has an entry of 129 characters"):
+        labels_from_metadata({"acl": ["x" * 129]})
+    assert labels_from_metadata({"tags": ["y" * 128]}).tags == ("y" * 128,)
+
+
+def test_empty_acl_in_a_markdown_file_is_a_front_matter_error(tmp_path):
+    for i, acl in enumerate(("[]", '""', "[~]")):
+        path = tmp_path / f"doc{i}.md"
+        path.write_text(f"---\nacl: {acl}\n---\n# Salaries\n\nBands per level.\n", encoding="utf-8")
+        with pytest.raises(ReadError) as caught:
+            read_document(path, max_bytes=10_000)
+        assert caught.value.kind == "front_matter" and "acl" in caught.value.message
 
 
 @pytest.mark.parametrize(

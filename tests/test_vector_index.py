@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -17,6 +18,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from kb_pipeline.indexing import vector_index
+from kb_pipeline.indexing.errors import IndexWriteError
 from kb_pipeline.indexing.locking import index_lock
 from kb_pipeline.indexing.vector_index import IndexConfig, IndexCorrupt, VectorIndex, diff_ids
 
@@ -292,3 +294,89 @@ def test_lock_serialises_processes(tmp_path):
 def test_diff_ids():
     missing, extra = diff_ids(np.array([5, 1, 3]), np.array([3, 4, 5, 5]))
     assert missing.tolist() == [4] and extra.tolist() == [1]
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_fingerprints_follow_the_stored_vectors_through_save_and_load(tmp_path, kind):
+    ids, vecs = dataset(14, 300)
+    raw = vecs.copy()
+    raw[::7] *= 2.5  # rows that add() normalises: the fingerprint is of what FAISS stores
+    index = VectorIndex.build(ids, raw, config(kind))
+    order = np.argsort(ids)
+    want = vector_index.fingerprints(vector_index.index_form(raw))[order]
+    assert np.array_equal(index.fingerprints(), want)
+    by_id = dict(zip(ids[order].tolist(), want.tolist()))
+    alone = vector_index.fingerprints(vector_index.index_form(raw[::7]))  # a subset, batched differently
+    assert [by_id[i] for i in ids[::7].tolist()] == alone.tolist()
+    assert len(set(want.tolist())) == len(ids)
+
+    index.add(ids[:1], vecs[1:2])  # same id, another vector: only its fingerprint changes
+    changed = index.fingerprints()
+    at = np.searchsorted(index.ids(), ids[0])
+    assert changed[at] != want[at] and np.array_equal(np.delete(changed, at), np.delete(want, at))
+    index.save(tmp_path / "chunks.faiss", {})
+    loaded, _ = VectorIndex.load(tmp_path / "chunks.faiss")
+    assert not loaded.legacy_file and loaded._fps is not None  # read from the sidecar, not recomputed
+    assert np.array_equal(loaded.fingerprints(), changed)
+    np.testing.assert_array_equal(loaded.vectors(ids[:3]), index.vectors(ids[:3]))
+    with pytest.raises(KeyError):
+        loaded.vectors(np.array([7], dtype=np.int64))
+
+
+def test_a_rows_index_form_does_not_depend_on_its_batch():
+    vecs = unit(np.random.default_rng(15), 20)
+    raw = vecs.copy()
+    raw[3] *= 4.0  # one row far from unit length must not change how the others are stored
+    alone = vector_index.index_form(vecs[5:6])
+    batched = vector_index.index_form(raw)[5:6]
+    assert alone.tobytes() == batched.tobytes()
+    assert vector_index.fingerprints(alone)[0] == vector_index.fingerprints(batched)[0]
+    assert vector_index.index_form(np.zeros((0, 0), np.float32)).shape[0] == 0
+
+
+def test_diff_vectors_names_missing_extra_and_stale():
+    have_ids, have_fps = np.array([1, 2, 3, 5]), np.array([10, 20, 30, 50], dtype=np.uint64)
+    want_ids, want_fps = np.array([2, 3, 4, 5]), np.array([20, 31, 40, 50], dtype=np.uint64)
+    missing, extra, stale = vector_index.diff_vectors(have_ids, have_fps, want_ids, want_fps)
+    assert (missing.tolist(), extra.tolist(), stale.tolist()) == ([4], [1], [3])
+
+
+def test_load_checks_the_recorded_checksum_and_reads_old_sidecars(tmp_path):
+    path = tmp_path / "chunks.faiss"
+    ids, vecs = dataset(16, 50)
+    index = VectorIndex.build(ids, vecs, config("flat"))
+    checksum = index.save(path, {})
+    VectorIndex.load(path, checksum=checksum)
+    with pytest.raises(IndexCorrupt, match="chunks.faiss.*recorded for this build"):
+        VectorIndex.load(path, checksum="0" * 64)
+
+    sidecar = json.loads((tmp_path / "chunks.json").read_text())
+    old = {k: v for k, v in sidecar.items() if k not in ("fingerprint", "fingerprints")} | {"format": 1}
+    (tmp_path / "chunks.json").write_text(json.dumps(old))
+    loaded, _ = VectorIndex.load(path)  # written before fingerprints: loads, says so, computes them from content
+    assert loaded.legacy_file and np.array_equal(loaded.fingerprints(), index.fingerprints())
+    (tmp_path / "chunks.json").write_text(json.dumps(sidecar | {"fingerprints": sidecar["fingerprints"][:-8]}))
+    with pytest.raises(IndexCorrupt, match="chunks.json"):
+        VectorIndex.load(path)
+
+
+def test_a_full_disk_mid_save_leaves_the_old_files_and_no_temp_files(tmp_path, monkeypatch):
+    path = tmp_path / "chunks.faiss"
+    ids, vecs = dataset(17, 100)
+    checksum = VectorIndex.build(ids[:50], vecs[:50], config("flat")).save(path, {"run": 1})
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    real_write = vector_index._write_file
+
+    def full_disk(target, data):
+        real_write(target, bytes(memoryview(data))[: len(data) // 3])
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(vector_index, "_write_file", full_disk)
+    with pytest.raises(IndexWriteError) as caught:
+        VectorIndex.build(ids, vecs, config("flat")).save(path, {"run": 2})
+    assert str(caught.value) == (f"could not save the vector index {path}: No space left on device (errno 28); "
+                                 "the previous index stays in use")
+    assert caught.value.errno == errno.ENOSPC
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
+    loaded, meta = VectorIndex.load(path, checksum=checksum)
+    assert meta == {"run": 1} and len(loaded) == 50

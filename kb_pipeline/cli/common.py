@@ -4,20 +4,58 @@ from __future__ import annotations
 
 import functools
 import json
+import re
 import sys
 from typing import Any, Callable
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from kb_pipeline.config import ConfigError, Settings
 
 app = typer.Typer(help="Turn a folder of documents into a searchable, auto-tagged knowledge base.", no_args_is_help=True)
-out = Console()
-err = Console(stderr=True)
+# Documents' titles, tags, summaries and paths are untrusted data: no emoji codes (":smile:" and
+# "root:x:0:0" stay text), no highlighting; markup only where our own code writes it, with data
+# passed through `data()` (or printed with markup=False after `clean()`).
+out = Console(emoji=False, highlight=False)
+err = Console(stderr=True, emoji=False, highlight=False)
 
 JsonOpt = typer.Option(False, "--json", help="Print machine-readable JSON to stdout.")
+UserOpt = typer.Option(
+    None, "--user",
+    help="Show only what this user may read (documents without ACL or in one of their groups). "
+         "Without it: everything, the KB operator's view.",
+)
+
+# Control characters (C0 and C1: ESC can clear the screen or rewrite the title bar, CR overwrite a line),
+# bidi overrides that make text read differently than it is, line separators, and lone surrogates
+# (which cannot be encoded at all).
+_UNSAFE = "\x00-\x08\x0b-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069\u2028\u2029\ud800-\udfff"
+_UNSAFE_LINE = re.compile(f"[\t\n{_UNSAFE}]")
+_UNSAFE_TEXT = re.compile(f"[{_UNSAFE}]")
+
+
+def _visible(match: re.Match) -> str:
+    code = ord(match.group())
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+
+
+def clean(value: object, multiline: bool = False) -> str:
+    """Data as inert text for a terminal: control characters shown as \\x1b-style escapes.
+
+    One-line fields (titles, tags, paths) escape newlines and tabs too; `multiline` keeps them (text).
+    """
+    text = str(value)
+    if multiline:
+        return _UNSAFE_TEXT.sub(_visible, text.replace("\r\n", "\n"))
+    return _UNSAFE_LINE.sub(_visible, text)
+
+
+def data(value: object, multiline: bool = False) -> str:
+    """Data to embed in a string that also holds our own rich markup: cleaned, then markup-escaped."""
+    return escape(clean(value, multiline))
 
 
 class UserError(Exception):
@@ -27,9 +65,10 @@ class UserError(Exception):
 def _user_errors() -> tuple[type[BaseException], ...]:
     from kb_pipeline.backbone.paths import BackboneError
     from kb_pipeline.ingest.pipeline import IngestPathError
+    from kb_pipeline.serving.access import UnknownUser
     from kb_pipeline.store.db import SchemaError
 
-    return (UserError, ConfigError, SchemaError, IngestPathError, BackboneError, *EXTRA_USER_ERRORS)
+    return (UserError, ConfigError, SchemaError, IngestPathError, BackboneError, UnknownUser, *EXTRA_USER_ERRORS)
 
 
 EXTRA_USER_ERRORS: list[type[BaseException]] = []  # command modules add their own error types
@@ -43,14 +82,21 @@ def command(fn: Callable) -> Callable:
         try:
             return fn(*args, **kwargs)
         except _user_errors() as exc:
-            err.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
+            err.print(f"[red]error:[/red] {data(exc)}", highlight=False, soft_wrap=True)
             raise typer.Exit(1) from None
 
     return wrapper
 
 
-def emit_json(data: Any) -> None:
-    sys.stdout.write(json.dumps(data, ensure_ascii=False, default=str) + "\n")
+def emit_json(value: Any) -> None:
+    """One JSON document on stdout. Strings holding lone surrogates (from argv or a file) cannot be
+    written as UTF-8, so such a document is written with \\uXXXX escapes instead of a traceback."""
+    line = json.dumps(value, ensure_ascii=False, default=str)
+    try:
+        line.encode("utf-8")
+    except UnicodeEncodeError:
+        line = json.dumps(value, ensure_ascii=True, default=str)
+    sys.stdout.write(line + "\n")
 
 
 def settings() -> Settings:

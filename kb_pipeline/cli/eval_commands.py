@@ -9,7 +9,9 @@ from typing import Optional
 
 import typer
 
-from kb_pipeline.cli.common import EXTRA_USER_ERRORS, JsonOpt, app, command, emit_json, err, out, progress_bar, settings
+from kb_pipeline.cli.common import (
+    EXTRA_USER_ERRORS, JsonOpt, app, clean, command, data, emit_json, err, out, progress_bar, settings,
+)
 from kb_pipeline.cli.train_commands import KindChoice
 from kb_pipeline.evaluation.errors import EvalError
 
@@ -66,7 +68,7 @@ def eval_(
             keep_scratch=keep_scratch,
         )
     if keep_scratch:
-        err.print(f"scratch KB kept at {metrics['scratch_home']}", highlight=False, soft_wrap=True)
+        err.print(f"scratch KB kept at {clean(metrics['scratch_home'])}", markup=False, soft_wrap=True)
     if json_out:
         emit_json(json.loads((Path(metrics["out_dir"]) / "metrics.json").read_text()))
         return
@@ -97,5 +99,5 @@ def _print_summary(m: dict) -> None:
         model_l = (r.get("model") or {}).get("rougeL")
         out.print(f"summaries ROUGE-L {f(model_l)} (lead {f(r['baselines']['lead']['rougeL'])})", highlight=False)
     for note in m["notes"]:
-        err.print(f"[yellow]note:[/yellow] {note}", highlight=False)
-    out.print(f"report: {Path(m['out_dir']) / 'report.md'}", highlight=False, soft_wrap=True)
+        err.print(f"[yellow]note:[/yellow] {data(note)}", highlight=False)
+    out.print(f"report: {clean(Path(m['out_dir']) / 'report.md')}", markup=False, soft_wrap=True)

@@ -3,22 +3,21 @@
 from __future__ import annotations
 
 import json
-import sys
 from enum import Enum
 from pathlib import Path
 from typing import List, Optional
 
 import typer
-from rich.markup import escape  # titles, tags and snippets are text, never markup
 
 from kb_pipeline.cli.common import (
-    EXTRA_USER_ERRORS, JsonOpt, UserError, app, command, emit_json, err, out, progress_bar, ready_settings,
+    EXTRA_USER_ERRORS, JsonOpt, UserError, UserOpt, app, command, clean, data, emit_json, err, out, progress_bar,
+    ready_settings,
 )
-from kb_pipeline.indexing.errors import IndexNotBuilt
+from kb_pipeline.indexing.errors import IndexNotBuilt, IndexWriteError
 from kb_pipeline.serving.errors import NotAvailable
 from kb_pipeline.serving.search import SearchError
 
-EXTRA_USER_ERRORS.extend([SearchError, NotAvailable, IndexNotBuilt])
+EXTRA_USER_ERRORS.extend([SearchError, NotAvailable, IndexNotBuilt, IndexWriteError])
 
 index_app = typer.Typer(help="Check or rebuild the FAISS index.", no_args_is_help=True)
 users_app = typer.Typer(help="Users and the groups that grant access to restricted documents.", invoke_without_command=True)
@@ -67,32 +66,34 @@ def enrich(json_out: bool = JsonOpt) -> None:
 @command
 def search(
     query: Optional[str] = typer.Argument(None, help="What to look for."),
-    k: int = typer.Option(10, "-k", min=1, help="Number of documents."),
+    k: int = typer.Option(10, "-k", min=1, max=1000, help="Number of documents."),
     mode: Mode = typer.Option(Mode.hybrid, "--mode"),
     tag: List[str] = typer.Option([], "--tag", help="Only documents with this tag (repeatable)."),
     category: Optional[str] = typer.Option(None, "--category"),
-    user: Optional[str] = typer.Option(None, "--user", help="Search as this user (their groups unlock documents)."),
+    user: Optional[str] = typer.Option(
+        None, "--user", help="Search as this user (their groups unlock documents); without it, public documents only."
+    ),
     queries: Optional[Path] = typer.Option(None, "--queries", help="JSONL file of {\"query\": ...} lines."),
     json_out: bool = JsonOpt,
 ) -> None:
     """Hybrid keyword + dense search, filtered by tags, category and the user's access rights."""
     from kb_pipeline.indexing.sync import load_live_index
     from kb_pipeline.serving.enrich import load_task_models
+    from kb_pipeline.serving.access import reader_for
     from kb_pipeline.serving.search import Filters, search as run_search
-    from kb_pipeline.store import derived
     from kb_pipeline.store.db import session_factory
 
     if (query is None) == (queries is None):
         raise UserError("give either a QUERY or --queries FILE")
+    if query is not None and not _is_text(query):
+        raise UserError("the query is not valid text (it holds bytes that are not UTF-8)")
     batch = _read_queries(queries) if queries else [{"query": query}]
     s = ready_settings()
     with session_factory(s)() as session:
-        groups = None
-        if user is not None:
-            groups = derived.user_groups(session, user)
-            if groups is None:
-                raise UserError(f"no user {user!r}: add one with `kb users add {user} --groups ...`")
-        filters = Filters(tags=tuple(tag), category=category, groups=tuple(groups) if groups is not None else None)
+        reader = reader_for(session, user)
+        # Search is never the operator's view: without --user it is anonymous (public documents only).
+        groups = None if reader.operator else reader.groups
+        filters = Filters(tags=tuple(tag), category=category, groups=groups)
         index = embed = None
         if mode is not Mode.keyword:
             models = load_task_models(s)
@@ -105,11 +106,27 @@ def search(
                 _print_results(item["query"], results)
 
 
+def _is_text(value: str) -> bool:
+    """False for strings with lone surrogates (undecodable argv bytes, "\\ud800" in JSON): they cannot be printed."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def _read_queries(path: Path) -> list[dict]:
+    """Every query of the file, checked before the first result is printed (no failure mid-output)."""
     if not path.exists():
         raise UserError(f"{path}: no such file")
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError as exc:
+        raise UserError(f"{path}: not UTF-8 text (byte {exc.start})") from None
+    except OSError as exc:
+        raise UserError(f"{path}: cannot be read ({exc.strerror})") from None
     items = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+    for number, line in enumerate(lines, 1):
         if not line.strip():
             continue
         try:
@@ -118,19 +135,21 @@ def _read_queries(path: Path) -> list[dict]:
             raise UserError(f"{path}:{number}: not JSON ({exc.msg})") from None
         if not isinstance(item, dict) or not isinstance(item.get("query"), str):
             raise UserError(f"{path}:{number}: expected an object with a string field 'query'")
+        if not _is_text(item["query"]):
+            raise UserError(f"{path}:{number}: 'query' holds a lone surrogate escape (\\ud800-\\udfff), not text")
         items.append(item)
     return items
 
 
 def _print_results(query: str, results: list[dict]) -> None:
     if not results:
-        out.print(f"No documents match {query!r} (or none you may read).", highlight=False)
+        out.print(f"No documents match {clean(repr(query))} (or none you may read).", markup=False)
         return
     for rank, r in enumerate(results, 1):
-        tags = escape(f"  [{', '.join(r['tags'])}]") if r["tags"] else ""
-        out.print(f"[bold]{rank}. {escape(r['title'])}[/bold]{tags}  (score {r['score']:.4f})", highlight=False)
-        out.print(f"   {r['path']}", style="dim", highlight=False, soft_wrap=True, markup=False)
-        out.print(f"   {r['snippet']}", highlight=False, markup=False)
+        tags = data(f"  [{', '.join(r['tags'])}]") if r["tags"] else ""
+        out.print(f"[bold]{rank}. {data(r['title'])}[/bold]{tags}  (score {r['score']:.4f})")
+        out.print(f"   {clean(r['path'])}", style="dim", soft_wrap=True, markup=False)
+        out.print(f"   {clean(r['snippet'])}", markup=False)
 
 
 @index_app.command("check")
@@ -145,9 +164,9 @@ def index_check(json_out: bool = JsonOpt) -> None:
     if json_out:
         emit_json(result)
     else:
-        verdict = "[green]ok[/green]" if result["ok"] else f"[red]not in sync[/red] {result.get('problem', '')}"
+        verdict = "[green]ok[/green]" if result["ok"] else f"[red]not in sync[/red] {data(result.get('problem', ''))}"
         out.print(f"index: {verdict}")
-        out.print(json.dumps(result, indent=2), highlight=False)
+        out.print(clean(json.dumps(result, indent=2), multiline=True), highlight=False, markup=False)
     if not result["ok"]:
         raise typer.Exit(1)
 
@@ -183,7 +202,7 @@ def users(ctx: typer.Context, json_out: bool = JsonOpt) -> None:
         emit_json(rows)
         return
     for row in rows:
-        out.print(f"{row['name']}: {', '.join(row['groups']) or '(no groups)'}", highlight=False)
+        out.print(f"{clean(row['name'])}: {clean(', '.join(row['groups'])) or '(no groups)'}", markup=False)
 
 
 @users_app.command("add")
@@ -197,41 +216,55 @@ def users_add(
     from kb_pipeline.store import derived
     from kb_pipeline.store.db import session_factory
 
+    from kb_pipeline.ingest.identifiers import MAX_IDENTIFIER_CHARS, normalise_identifiers
+
+    if not name.strip() or len(name) > MAX_IDENTIFIER_CHARS:
+        raise UserError(f"user name must be 1 to {MAX_IDENTIFIER_CHARS} characters: {name[:40]!r}")
+    too_long = [g for g in normalise_identifiers(groups.split(",")) if len(g) > MAX_IDENTIFIER_CHARS]
+    if too_long:
+        raise UserError(f"--groups: {too_long[0][:40]!r}... is longer than {MAX_IDENTIFIER_CHARS} characters")
     s = ready_settings()
     with session_factory(s).begin() as session:
-        clean = derived.add_user(session, name, groups.split(","))
+        groups_now = derived.add_user(session, name, groups.split(","))
     if json_out:
-        emit_json({"name": name, "groups": clean})
+        emit_json({"name": name, "groups": groups_now})
     else:
-        out.print(f"{name}: {', '.join(clean) or '(no groups)'}", highlight=False)
+        out.print(f"{clean(name)}: {clean(', '.join(groups_now)) or '(no groups)'}", markup=False)
 
 
 @app.command()
 @command
-def export(json_out: bool = JsonOpt) -> None:
-    """One JSON line per active document: gold labels beside the model's predictions."""
+def export(user: Optional[str] = UserOpt, json_out: bool = JsonOpt) -> None:
+    """One JSON line per active document: gold labels beside the model's predictions, and its `acl`.
+
+    Always JSON lines (--json is accepted for symmetry with the other commands).
+    """
+    from kb_pipeline.serving.access import reader_for
     from kb_pipeline.serving.export import export_rows
     from kb_pipeline.store.db import session_factory
 
     s = ready_settings()
     with session_factory(s)() as session:
-        for row in export_rows(session):
-            sys.stdout.write(json.dumps(row, ensure_ascii=False) + "\n")
+        reader = reader_for(session, user)
+        for row in export_rows(session, reader=reader):
+            emit_json(row)
 
 
 @app.command()
 @command
-def tag(doc: str = typer.Argument(..., help="Document id or path."), json_out: bool = JsonOpt) -> None:
+def tag(
+    doc: str = typer.Argument(..., help="Document id or path."), user: Optional[str] = UserOpt, json_out: bool = JsonOpt
+) -> None:
     """Predict category and tags for one document now (nothing is stored)."""
     from kb_pipeline.serving.on_demand import tag_document
 
-    result = tag_document(ready_settings(), doc)
+    result = tag_document(ready_settings(), doc, user=user)
     if json_out:
         emit_json(result)
         return
-    out.print(f"{result['title']}: {result['category']} ({result['category_score']:.2f})", highlight=False, markup=False)
+    out.print(f"{clean(result['title'])}: {clean(result['category'])} ({result['category_score']:.2f})", markup=False)
     for name, score in result["tags"]:
-        out.print(f"  {name} ({score:.2f})", highlight=False, markup=False)
+        out.print(f"  {clean(name)} ({score:.2f})", markup=False)
 
 
 @app.command()
@@ -239,6 +272,7 @@ def tag(doc: str = typer.Argument(..., help="Document id or path."), json_out: b
 def summarise(
     doc: Optional[str] = typer.Argument(None, help="Document id or path in the KB."),
     file: Optional[Path] = typer.Option(None, "--file", help="Summarise a file that is not in the KB."),
+    user: Optional[str] = UserOpt,
     json_out: bool = JsonOpt,
 ) -> None:
     """Summarise one document (or any readable file) with the active summarise adapter."""
@@ -246,9 +280,11 @@ def summarise(
 
     if (doc is None) == (file is None):
         raise UserError("give either a DOC or --file PATH")
+    if file is not None and user is not None:
+        raise UserError("--user applies to documents in the KB; --file reads a file you can already read")
     s = ready_settings()
-    result = summarise_document(s, doc) if doc is not None else summarise_file(s, file)
+    result = summarise_document(s, doc, user=user) if doc is not None else summarise_file(s, file)
     if json_out:
         emit_json(result)
     else:
-        out.print(f"[bold]{escape(result['title'])}[/bold]\n{escape(result['summary'])}", highlight=False)
+        out.print(f"[bold]{data(result['title'])}[/bold]\n{data(result['summary'], multiline=True)}")

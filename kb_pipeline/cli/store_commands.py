@@ -6,11 +6,12 @@ from pathlib import Path
 from typing import List, Optional
 
 import typer
-from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
 from kb_pipeline.cli.common import (
-    JsonOpt, UserError, app, command, emit_json, err, out, progress_bar, ready_settings, safe_url, settings,
+    JsonOpt, UserError, UserOpt, app, clean, command, data, emit_json, err, out, progress_bar, ready_settings,
+    safe_url, settings,
 )
 
 
@@ -60,22 +61,27 @@ def ingest(
         + f" in {counts['seconds']:.1f}s",
         highlight=False,
     )
-    for path, kind, message in report.errors:
-        err.print(f"[yellow]{kind}[/yellow] {message}", highlight=False)
-    if report.errors:
+    for path, kind, message in report.errors + report.refused:
+        err.print(f"[yellow]{data(kind)}[/yellow] {data(message)}", highlight=False)
+    if report.errors or report.refused:
         err.print("See `kb errors` for the list.")
 
 
 @app.command()
 @command
-def docs(json_out: bool = JsonOpt) -> None:
-    """List active documents."""
+def docs(user: Optional[str] = UserOpt, json_out: bool = JsonOpt) -> None:
+    """List active documents (with --user, those the user may read)."""
+    from kb_pipeline.serving.access import reader_for, readable_ids
     from kb_pipeline.store import repo
     from kb_pipeline.store.db import session_factory
 
     s = ready_settings()
     with session_factory(s)() as session:
+        reader = reader_for(session, user)
         rows = repo.document_summaries(session)
+        if not reader.operator:
+            allowed = readable_ids(session, reader)
+            rows = [r for r in rows if r["id"] in allowed]
     if json_out:
         emit_json(rows)
         return
@@ -89,25 +95,28 @@ def docs(json_out: bool = JsonOpt) -> None:
         table.add_column("path", max_width=48, no_wrap=True, overflow="ellipsis")
     for r in rows:
         cells = [str(r["id"]), _short_mime(r["mime"]), str(r["chunks"]), r["category"] or "", r["title"],
-                 ", ".join(r["tags"])]
-        table.add_row(*cells, *([_short_path(r["path"])] if wide else []))
+                 ", ".join(r["tags"]), *([_short_path(r["path"])] if wide else [])]
+        table.add_row(*(Text(clean(c)) for c in cells))  # Text: cells are data, never markup
     out.print(table)
     out.print(f"{len(rows)} documents")
 
 
 @app.command()
 @command
-def show(doc: str = typer.Argument(..., help="Document id or path."), json_out: bool = JsonOpt) -> None:
+def show(
+    doc: str = typer.Argument(..., help="Document id or path."), user: Optional[str] = UserOpt, json_out: bool = JsonOpt
+) -> None:
     """Show one document: metadata, gold labels, access groups and chunks."""
+    from kb_pipeline.serving.access import find_readable, not_found, reader_for
     from kb_pipeline.store import repo
     from kb_pipeline.store.db import session_factory
 
     s = ready_settings()
     with session_factory(s)() as session:
-        found = repo.find_document(session, doc)
-        if found is None:
-            raise UserError(f"no document {doc!r} (give an id from `kb docs` or a path)")
-        data = {
+        found = find_readable(session, doc, reader_for(session, user))
+        if found is None:  # missing or not readable by --user: the same message, so nothing leaks
+            raise UserError(not_found(doc))
+        info = {
             "id": found.id,
             "path": found.path,
             "title": found.title,
@@ -127,41 +136,54 @@ def show(doc: str = typer.Argument(..., help="Document id or path."), json_out: 
             "text": found.text,
         }
     if json_out:
-        emit_json(data)
+        emit_json(info)
         return
-    gold = data["gold"]
-    out.print(f"[bold]{escape(data['title'])}[/bold]  (#{data['id']}, v{data['version']}, {data['status']})")
-    out.print(f"path:     {data['path']}", highlight=False, markup=False)
-    out.print(f"type:     {data['mime']}, {data['size']} bytes, {len(data['chunks'])} chunks", highlight=False, markup=False)
-    out.print(f"category: {gold['category'] or '-'}   tags: {', '.join(gold['tags']) or '-'}", highlight=False, markup=False)
-    out.print(f"access:   {', '.join(gold['acl']) or 'everyone'}", highlight=False, markup=False)
+    _print_document(info)
+
+
+def _print_document(d: dict) -> None:
+    gold = d["gold"]
+    out.print(f"[bold]{data(d['title'])}[/bold]  (#{d['id']}, v{d['version']}, {data(d['status'])})")
+    out.print(f"path:     {clean(d['path'])}", markup=False, soft_wrap=True)  # unbroken, to copy
+    out.print(f"type:     {clean(d['mime'])}, {d['size']} bytes, {len(d['chunks'])} chunks", markup=False)
+    out.print(f"category: {clean(gold['category'] or '-')}   tags: {clean(', '.join(gold['tags'])) or '-'}",
+              markup=False)
+    out.print(f"access:   {clean(', '.join(gold['acl'])) or 'everyone'}", markup=False)
     if gold["summary"]:
-        out.print(f"summary:  {gold['summary']}", highlight=False, markup=False)
-    preview = data["text"][:600]
-    out.print("\n" + preview + ("…" if len(data["text"]) > 600 else ""), highlight=False)
+        out.print(f"summary:  {clean(gold['summary'], multiline=True)}", markup=False)
+    preview = d["text"][:600]
+    out.print("\n" + clean(preview, multiline=True) + ("…" if len(d["text"]) > 600 else ""), markup=False)
 
 
 @app.command()
 @command
-def stats(json_out: bool = JsonOpt) -> None:
-    """Counts of documents, chunks, labels and the last ingest run."""
+def stats(user: Optional[str] = UserOpt, json_out: bool = JsonOpt) -> None:
+    """Counts of documents, chunks, labels and the last ingest run (with --user: of what the user may read)."""
+    from kb_pipeline.serving.access import reader_for
+    from kb_pipeline.serving.overview import document_stats
     from kb_pipeline.store import repo
     from kb_pipeline.store.db import session_factory
 
     s = ready_settings()
+    with session_factory(s).begin() as session:
+        repo.mark_abandoned_runs(session)  # a run whose process is gone is not `running`
     with session_factory(s)() as session:
-        data = {"home": str(s.home), "database": safe_url(s.database_url), **repo.stats(session)}
+        reader = reader_for(session, user)
+        info = {"home": str(s.home), "database": safe_url(s.database_url), **repo.stats(session)}
+        info.update(document_stats(session, reader))  # counts the reader may see; tombstones are not restricted
+        if not reader.operator:
+            info["last_ingest"] = None  # its counts cover every file, readable or not
     if json_out:
-        emit_json(data)
+        emit_json(info)
         return
     table = Table("what", "count", show_header=False)
     for key in ("documents", "deleted", "chunks", "tokens", "labelled_documents", "restricted_documents", "sources"):
-        table.add_row(key.replace("_", " "), str(data[key]))
-    for mime, n in sorted(data["by_mime"].items()):
-        table.add_row(f"  {mime}", str(n))
+        table.add_row(key.replace("_", " "), str(info[key]))
+    for mime, n in sorted(info["by_mime"].items()):
+        table.add_row(Text(f"  {clean(mime)}"), str(n))
     out.print(table)
-    if data["last_ingest"]:
-        li = data["last_ingest"]
+    if info["last_ingest"]:
+        li = info["last_ingest"]
         out.print(
             f"last ingest #{li['id']} ({li['status']}): {li['added']} added, {li['updated']} updated, "
             f"{li['unchanged']} unchanged, {li['deleted']} deleted, {li['errors']} errors",
@@ -193,8 +215,8 @@ def errors(
         out.print("No ingest errors.")
         return
     for r in rows:  # one error per entry, paths unbroken so they can be copied
-        out.print(f"[yellow]{r['kind']}[/yellow] {escape(r['path'])}", soft_wrap=True, highlight=False)
-        out.print(f"    {r['message'].split(': ', 1)[-1]}", soft_wrap=True, highlight=False, markup=False)
+        out.print(f"[yellow]{data(r['kind'])}[/yellow] {data(r['path'])}", soft_wrap=True)
+        out.print(f"    {clean(r['message'].split(': ', 1)[-1])}", soft_wrap=True, markup=False)
     out.print(f"{len(rows)} file(s) could not be ingested")
 
 

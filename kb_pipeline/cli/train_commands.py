@@ -7,9 +7,10 @@ from typing import Optional
 
 import typer
 from rich.table import Table
+from rich.text import Text
 
 from kb_pipeline.cli.common import (
-    EXTRA_USER_ERRORS, JsonOpt, app, command, emit_json, err, out, progress_bar, ready_settings,
+    EXTRA_USER_ERRORS, JsonOpt, app, command, clean, data, emit_json, err, out, progress_bar, ready_settings,
 )
 from kb_pipeline.training.registry import TASKS, RegistryError
 
@@ -57,7 +58,7 @@ def train(
         _print_outcomes(outcomes)
     missing = [o for o in outcomes if not o.trained]
     for o in missing:
-        err.print(f"[yellow]{o.task} not trained:[/yellow] {o.message}", highlight=False)
+        err.print(f"[yellow]{o.task} not trained:[/yellow] {data(o.message)}", highlight=False)
     if missing and (task is not TaskChoice.all or len(missing) == len(outcomes)):
         raise typer.Exit(1)
 
@@ -82,7 +83,7 @@ def _print_outcomes(outcomes) -> None:
             f"{o.backbone_params:,}; head {o.head_params:,}; files {o.size_bytes / 1e6:.2f} MB; {o.seconds:.0f} s",
             highlight=False,
         )
-        out.print(f"    {o.message}", highlight=False, markup=False)
+        out.print(f"    {clean(o.message)}", highlight=False, markup=False)
 
 
 @adapters_app.callback()
@@ -111,7 +112,7 @@ def adapters(ctx: typer.Context, json_out: bool = JsonOpt) -> None:
             str(r["version"]), r["task"], r["kind"], r["status"], m, f"{r['metrics'].get(m, 0):.4f}",
             f"{r['baseline'].get(m, 0):.4f}", f"{r['adapter_params']:,} ({r['adapter_share']:.2%})",
             f"{r['size_bytes'] / 1e6:.2f} MB", f"{r['backbone']} {r['backbone_hash'][:8]}", r["created_at"][:19],
-            r["reason"],
+            Text(clean(r["reason"] or "")),
         )
     out.print(table)
 

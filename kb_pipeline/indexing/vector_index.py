@@ -6,6 +6,10 @@ are L2-normalised so inner product == cosine similarity. HNSW graphs cannot dele
 HNSW index tombstones removed slots (their id becomes -1 and every search filters them out) and
 rebuilds itself once tombstones pass ``COMPACT_DEAD_FRACTION``. Not thread-safe for writers;
 writers in different processes serialise with :func:`kb_pipeline.indexing.locking.index_lock`.
+
+An id alone does not say which vector FAISS holds for it (a reused or re-embedded id keeps the old
+one), so every indexed vector has a 64-bit **fingerprint** of its float32 bytes, saved in the
+sidecar; the sync compares (id, fingerprint) pairs with the database's, not ids alone.
 """
 
 from __future__ import annotations
@@ -21,13 +25,15 @@ from pathlib import Path
 import faiss
 import numpy as np
 
+from kb_pipeline.indexing.errors import IndexWriteError
+from kb_pipeline.indexing.fingerprints import FINGERPRINT, decode, encode, fingerprints
 from kb_pipeline.indexing.locking import fsync_path, temp_path
 
 MAX_ID = int(np.iinfo(np.int64).max)  # ids must lie in [0, MAX_ID): -1 means "no result"/tombstone
 EXACT_MAX_IDS = 1_000  # allowed sets this small are brute-forced: ~1 ms at 1k ids, about what a 100k flat scan
 # with a selector costs, and HNSW + a selective filter comes back short and falls back to brute force anyway
 COMPACT_DEAD_FRACTION = 0.25  # HNSW rebuilds once this share of its slots are tombstones
-FORMAT = 1
+FORMAT = 2  # 2: the sidecar carries each vector's fingerprint; 1 (none) still loads
 
 
 class IndexCorrupt(Exception):
@@ -68,16 +74,29 @@ def _as_ids(ids: np.ndarray, *, unique: bool = True) -> np.ndarray:
 
 
 def _as_vectors(vectors: np.ndarray, dim: int) -> np.ndarray:
-    """A float32 copy with unit rows (callers' arrays are never modified in place)."""
-    arr = np.array(vectors, dtype=np.float32, ndmin=2)
+    """float32 with unit rows; the caller's array is never modified (copied only when a row needs it).
+
+    Only rows that are not unit length already are divided, each on its own, so a row comes out
+    the same whatever it is batched with: fingerprints of the DB's rows match what FAISS holds.
+    """
+    arr = np.array(vectors, dtype=np.float32, ndmin=2, copy=None)
     if arr.ndim != 2 or arr.shape[1] != dim:
         raise ValueError(f"expected vectors of shape (n, {dim}), got {arr.shape}")
-    norms = np.linalg.norm(arr, axis=1, keepdims=True)
+    norms = np.sqrt(np.einsum("ij,ij->i", arr, arr))  # float32, 5x faster than np.linalg.norm here
     if not np.all(np.isfinite(norms)) or np.any(norms == 0):
         raise ValueError("vectors must be finite and non-zero to be normalised")
-    if not np.allclose(norms, 1.0, atol=1e-4):
-        arr /= norms
+    off = np.abs(norms - 1.0) > 1e-4
+    if off.any():
+        arr = arr.copy()
+        arr[off] /= norms[off, None]
     return arr
+
+
+def index_form(vectors: np.ndarray) -> np.ndarray:
+    """``vectors`` exactly as :meth:`VectorIndex.add` would store them (unit rows, float32)."""
+    if not np.size(vectors):
+        return np.zeros((0, np.shape(vectors)[1] if np.ndim(vectors) == 2 else 0), dtype=np.float32)
+    return _as_vectors(vectors, np.shape(vectors)[1])
 
 
 def diff_ids(index_ids: np.ndarray, expected_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -85,6 +104,20 @@ def diff_ids(index_ids: np.ndarray, expected_ids: np.ndarray) -> tuple[np.ndarra
     have = _sorted_unique(np.asarray(index_ids, dtype=np.int64).ravel())
     want = _sorted_unique(np.asarray(expected_ids, dtype=np.int64).ravel())
     return np.setdiff1d(want, have, assume_unique=True), np.setdiff1d(have, want, assume_unique=True)
+
+
+def diff_vectors(
+    index_ids: np.ndarray, index_fps: np.ndarray, expected_ids: np.ndarray, expected_fps: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(missing, extra, stale) ids: ``stale`` are in both, but the index holds a different vector.
+
+    Both sides are sorted unique ids with their fingerprints (``VectorIndex.ids`` / ``fingerprints``
+    and ``load_embeddings`` order); everything is numpy, no per-id Python.
+    """
+    missing, extra = diff_ids(index_ids, expected_ids)
+    _, at_index, at_expected = np.intersect1d(index_ids, expected_ids, assume_unique=True, return_indices=True)
+    differs = np.asarray(index_fps)[at_index] != np.asarray(expected_fps)[at_expected]
+    return missing, extra, np.asarray(index_ids, dtype=np.int64)[at_index[differs]]
 
 
 @contextmanager
@@ -138,6 +171,8 @@ class VectorIndex:
         self.kind: str = "hnsw" if isinstance(self._inner, faiss.IndexHNSW) else "flat"
         self._slots: np.ndarray | None = None  # id_map: slot -> id, -1 = tombstone (cached)
         self._table: tuple[np.ndarray, np.ndarray] | None = None  # (sorted live ids, their slots)
+        self._fps: np.ndarray | None = None  # fingerprints aligned with ids() (cached, or from the sidecar)
+        self.legacy_file = False  # loaded from a sidecar without fingerprints (written before FORMAT 2)
 
     @classmethod
     def build(cls, ids: np.ndarray, vectors: np.ndarray, config: IndexConfig = IndexConfig()) -> VectorIndex:
@@ -168,7 +203,35 @@ class VectorIndex:
         return self._table
 
     def _changed(self) -> None:
-        self._slots = self._table = None
+        self._slots = self._table = self._fps = None
+
+    def copy(self) -> VectorIndex:
+        """An independent copy (FAISS clone), for changing an index others may be searching."""
+        twin = VectorIndex(faiss.clone_index(self._index), self.config)
+        twin._fps = self._fps
+        return twin
+
+    def fingerprints(self) -> np.ndarray:
+        """Each indexed vector's fingerprint (uint64), aligned with :meth:`ids` (read-only, cached)."""
+        if self._fps is None:
+            ids, slots = self._lookup()
+            fps = np.empty(len(ids), dtype=np.uint64)
+            for start in range(0, len(ids), 8192):  # bounded: never the whole matrix at once
+                fps[start:start + 8192] = fingerprints(self._inner.reconstruct_batch(slots[start:start + 8192]))
+            fps.flags.writeable = False
+            self._fps = fps
+        return self._fps
+
+    def vectors(self, ids: np.ndarray) -> np.ndarray:
+        """The stored vectors of ``ids`` (n, dim), in the given order; KeyError if one is not indexed."""
+        ids = np.asarray(ids, dtype=np.int64).ravel()
+        live, slots = self._lookup()
+        pos = np.minimum(np.searchsorted(live, ids), max(len(live) - 1, 0))
+        if not len(ids):
+            return np.zeros((0, self.dim), dtype=np.float32)
+        if not len(live) or not np.array_equal(live[pos], ids):
+            raise KeyError(f"ids not in the index: {np.setdiff1d(ids, live)[:10].tolist()}")
+        return self._inner.reconstruct_batch(slots[pos])
 
     def ids(self) -> np.ndarray:
         """All indexed ids, sorted int64 (a read-only cached array; copy before mutating)."""
@@ -290,39 +353,46 @@ class VectorIndex:
 
         Each file is written to a temp file in the same folder, fsynced and renamed over the old
         one, so readers only ever see complete files. A crash between the two renames leaves a new
-        index next to an old sidecar; ``load`` then raises IndexCorrupt (rebuild from the DB).
+        index next to an old sidecar; ``load`` then raises IndexCorrupt (rebuild from the DB). An
+        OS error (disk full, I/O error) leaves no temp file behind and raises IndexWriteError naming
+        ``path`` and the error; the files already at ``path`` are untouched unless the renames began.
         """
         path = Path(path)
         sidecar_path = path.with_suffix(".json")
         if sidecar_path == path:
             raise ValueError(f"{path}: the index file cannot itself end in .json")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        index_tmp, sidecar_tmp = temp_path(path), temp_path(sidecar_path)
+        data = faiss.serialize_index(self._index)  # in memory, so write errors are plain OSErrors with errno
+        checksum = hashlib.sha256(data).hexdigest()
+        sidecar = {
+            "format": FORMAT, "meta": meta, "count": len(self), "dim": self.dim, "kind": self.kind,
+            "sha256": checksum, "config": asdict(self.config), "fingerprint": FINGERPRINT,
+            "fingerprints": encode(self.fingerprints()),
+        }
+        index_tmp = sidecar_tmp = None
         try:
-            faiss.write_index(self._index, str(index_tmp))
-            fsync_path(index_tmp)
-            with open(index_tmp, "rb") as fh:
-                checksum = hashlib.file_digest(fh, "sha256").hexdigest()
-            sidecar = {
-                "format": FORMAT, "meta": meta, "count": len(self), "dim": self.dim, "kind": self.kind,
-                "sha256": checksum, "config": asdict(self.config),
-            }
-            sidecar_tmp.write_text(json.dumps(sidecar, indent=2, sort_keys=True))
-            fsync_path(sidecar_tmp)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            index_tmp, sidecar_tmp = temp_path(path), temp_path(sidecar_path)
+            _write_file(index_tmp, data)
+            _write_file(sidecar_tmp, json.dumps(sidecar, indent=1, sort_keys=True).encode())
             os.replace(index_tmp, path)
             os.replace(sidecar_tmp, sidecar_path)
             fsync_path(path.parent)
+        except OSError as exc:
+            raise IndexWriteError.saving(path, exc) from exc
         finally:
-            index_tmp.unlink(missing_ok=True)
-            sidecar_tmp.unlink(missing_ok=True)
+            for tmp in (index_tmp, sidecar_tmp):
+                if tmp is not None:
+                    tmp.unlink(missing_ok=True)
         return checksum
 
     @classmethod
-    def load(cls, path: Path) -> tuple[VectorIndex, dict]:
+    def load(cls, path: Path, checksum: str | None = None) -> tuple[VectorIndex, dict]:
         """Load an index saved by :meth:`save`, verifying it against its sidecar; returns (index, meta).
 
+        ``checksum``: the sha256 recorded when the file was written (``index_builds.checksum``); a
+        file that differs was replaced or altered behind the KB's back, even if its sidecar agrees.
         Raises FileNotFoundError when no index file exists (never built) and IndexCorrupt when the
-        index or its sidecar is unreadable, truncated or inconsistent.
+        index or its sidecar is unreadable, truncated, inconsistent or not the recorded file.
         """
         path = Path(path)
         sidecar_path = path.with_suffix(".json")
@@ -340,10 +410,16 @@ class VectorIndex:
             config = IndexConfig(**{k: v for k, v in sidecar.get("config", {}).items() if k in known})
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
             raise IndexCorrupt(f"{sidecar_path}: malformed index sidecar ({exc!r})") from exc
-        if hashlib.sha256(data).hexdigest() != expected[0]:
+        actual = hashlib.sha256(data).hexdigest()
+        if actual != expected[0]:
             raise IndexCorrupt(
                 f"{path}: checksum does not match {sidecar_path.name} (truncated or corrupted file, or an "
                 "interrupted save); rebuild the index from the database"
+            )
+        if checksum is not None and actual != checksum:
+            raise IndexCorrupt(
+                f"{path}: checksum {actual[:12]}... is not the {checksum[:12]}... recorded for this build "
+                "(the file was replaced or changed outside kb); rebuild the index from the database"
             )
         try:
             raw = faiss.deserialize_index(np.frombuffer(data, dtype=np.uint8))
@@ -356,7 +432,27 @@ class VectorIndex:
         index = cls(raw, config)
         if (index.dim, len(index), index.kind) != tuple(expected[1:4]):
             raise IndexCorrupt(f"{path}: contents (dim, count, kind) disagree with {sidecar_path.name}")
+        index._fps = _saved_fingerprints(sidecar, len(index), sidecar_path)
+        index.legacy_file = index._fps is None
         return index, expected[4]
+
+
+def _saved_fingerprints(sidecar: dict, count: int, sidecar_path: Path) -> np.ndarray | None:
+    """The sidecar's fingerprints, or None when it predates them (or names another function)."""
+    if sidecar.get("fingerprint") != FINGERPRINT or "fingerprints" not in sidecar:
+        return None
+    try:
+        return decode(sidecar["fingerprints"], count)
+    except (ValueError, TypeError) as exc:
+        raise IndexCorrupt(f"{sidecar_path}: malformed fingerprints ({exc})") from exc
+
+
+def _write_file(path: Path, data) -> None:
+    """Write ``data`` to ``path`` and fsync it (OSError on a full disk or an I/O error)."""
+    with open(path, "wb") as fh:
+        fh.write(memoryview(data))
+        fh.flush()
+        os.fsync(fh.fileno())
 
 
 def _read(path: Path) -> bytes:

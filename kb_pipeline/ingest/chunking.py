@@ -45,21 +45,75 @@ class ChunkSpan:
     token_count: int  # tokens of `text` without special tokens, <= max_tokens
 
 
-def chunk_text(text: str, tokenizer: Any, *, max_tokens: int = 200, overlap_tokens: int = 40) -> list[ChunkSpan]:
-    """Chunks of at most `max_tokens` tokens covering every non-blank character of `text`.
+CHARS_PER_TOKEN_LIMIT = 20  # default character bound of a chunk: this many characters per token of budget
+
+
+def chunk_text(
+    text: str, tokenizer: Any, *, max_tokens: int = 200, overlap_tokens: int = 40, max_chars: int | None = None
+) -> list[ChunkSpan]:
+    """Chunks of at most `max_tokens` tokens and `max_chars` characters covering every non-blank character.
 
     Cuts go, in order of preference, before a heading, at a blank line, at a line break, at a sentence
     end, between words, and only inside an unbroken run between tokens. Consecutive chunks share about
     `overlap_tokens` tokens (starting at a sentence/line/word start), except across a heading cut.
+    The character bound (default CHARS_PER_TOKEN_LIMIT * max_tokens) matters when tokens are huge: a
+    WordPiece tokenizer makes one [UNK] token of a whole 10 MB run without spaces. A single token longer
+    than the bound is cut inside it, at whitespace if it has any, else anywhere.
     """
     if max_tokens < 16:
         raise ValueError(f"max_tokens must be >= 16, got {max_tokens}")
     if not 0 <= overlap_tokens < max_tokens // 2:
         raise ValueError(f"overlap_tokens must be >= 0 and < max_tokens // 2 ({max_tokens // 2}), got {overlap_tokens}")
+    max_chars = CHARS_PER_TOKEN_LIMIT * max_tokens if max_chars is None else max_chars
+    if max_chars < 16:
+        raise ValueError(f"max_chars must be >= 16, got {max_chars}")
     if not text.strip():
         return []
+    chunks = _chunk_tokens(text, tokenizer, max_tokens, overlap_tokens, max_chars)
+    if all(c.char_end - c.char_start <= max_chars for c in chunks):
+        return chunks
+    return _split_long_chunks(text, chunks, tokenizer, max_tokens, max_chars)
 
-    layout = _Layout(text, tokenizer, max_tokens, overlap_tokens)
+
+def _split_long_chunks(
+    text: str, chunks: list[ChunkSpan], tokenizer: Any, max_tokens: int, max_chars: int
+) -> list[ChunkSpan]:
+    """Replace each chunk over `max_chars` (a token, or a run with no token boundary, that long) by pieces.
+
+    Each piece of at most `max_chars` characters is chunked on its own, so its chunks are token-bounded too
+    (a byte-level BPE turns a cut token into several), and its offsets are shifted back into `text`.
+    """
+    out: list[ChunkSpan] = []
+    for chunk in chunks:
+        if chunk.char_end - chunk.char_start <= max_chars:
+            out.append(chunk)
+            continue
+        for lo, hi in _hard_pieces(text, chunk.char_start, chunk.char_end, max_chars):
+            for sub in _chunk_tokens(text[lo:hi], tokenizer, max_tokens, 0, max_chars):
+                out.append(ChunkSpan(0, sub.text, lo + sub.char_start, lo + sub.char_end, sub.token_count))
+    return [ChunkSpan(i, c.text, c.char_start, c.char_end, c.token_count) for i, c in enumerate(out)]
+
+
+def _hard_pieces(text: str, start: int, end: int, max_chars: int) -> Iterator[tuple[int, int]]:
+    """Consecutive non-blank spans of text[start:end], each at most max_chars, cut at the last whitespace in reach."""
+    pos = start
+    while pos < end:
+        if text[pos].isspace():
+            pos += 1
+            continue
+        stop = min(pos + max_chars, end)
+        if stop < end:
+            cut = next((i for i in range(stop, pos, -1) if text[i].isspace()), stop)
+            stop = cut
+        yield pos, stop
+        pos = stop
+
+
+def _chunk_tokens(text: str, tokenizer: Any, max_tokens: int, overlap_tokens: int, max_chars: int) -> list[ChunkSpan]:
+    """The chunker proper: token-bounded chunks, at most max_chars long wherever a token boundary allows."""
+    if not text.strip():
+        return []
+    layout = _Layout(text, tokenizer, max_tokens, overlap_tokens, max_chars)
     budgets: dict[int, int] = {}  # chunk start token -> reduced token budget after a re-tokenisation miss
     chunks: list[ChunkSpan] = []
     state = (0, 0)  # (first token of next chunk, first token not yet in any chunk)
@@ -126,9 +180,10 @@ def _splits_at_whitespace(tokenizer: Any) -> bool:
 class _Layout:
     """The tokenised text and its ranked cut points, as token indices (a cut at i ends a chunk before token i)."""
 
-    def __init__(self, text: str, tokenizer: Any, max_tokens: int, overlap_tokens: int) -> None:
+    def __init__(self, text: str, tokenizer: Any, max_tokens: int, overlap_tokens: int, max_chars: int) -> None:
         self.text = text
         self.max_tokens = max_tokens
+        self.max_chars = max_chars
         self.overlap_tokens = overlap_tokens
         offsets = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True, verbose=False)[
             "offset_mapping"
@@ -149,6 +204,10 @@ class _Layout:
         self.zone_starts = [h for h, _ in self.zones]
         self.headings = self._cuts(heading_chars)
         self.levels = (self._cuts(paragraphs), self._cuts(lines), self._cuts(_sentence_starts(text)))
+
+    def char_limit(self, start: int) -> int:
+        """The end of the longest run of tokens from `start` spanning at most max_chars characters."""
+        return max(start, bisect_right(self.reach, (self.starts[start] if start else 0) + self.max_chars))
 
     def token_at(self, char: int) -> int:
         """The first token ending after `char`: a cut there starts the next chunk at or just before `char`."""
@@ -193,10 +252,10 @@ class _Layout:
         """Yield (start, end, fresh, next_start) per chunk; tokens [start, fresh) repeat the previous chunk."""
         while True:
             budget = budgets.get(start, self.max_tokens)
-            if start + budget <= fresh:  # the overlap alone no longer fits: drop it
+            if start + budget <= fresh or self.char_limit(start) <= fresh:  # the overlap alone fills it: drop it
                 start = fresh
                 budget = min(budget, budgets.get(start, self.max_tokens))
-            end = self._cut(start, fresh, max(start + budget, fresh + 1))
+            end = self._cut(start, fresh, max(min(start + budget, self.char_limit(start)), fresh + 1))
             # A new section starts clean: no overlap across a cut before a heading.
             k = bisect_left(self.zone_starts, end)
             at_heading = k < len(self.zone_starts) and self.zone_starts[k] == end

@@ -14,6 +14,8 @@ from typing import Any
 
 import yaml
 
+from kb_pipeline.ingest.identifiers import MAX_IDENTIFIER_CHARS, normalise_identifiers
+
 LABEL_FIELDS = ("title", "category", "tags", "summary", "acl")
 
 _OPENING = re.compile(r"\A\ufeff?---[ \t]*\r?\n")
@@ -108,7 +110,7 @@ def labels_from_metadata(meta: Mapping[str, Any]) -> Labels:
         category=category.lower() if category else None,
         tags=_identifier_list(meta, "tags"),
         summary=_text_field(meta, "summary"),
-        acl=_identifier_list(meta, "acl"),
+        acl=_acl(meta),
         extra={key: value for key, value in meta.items() if key not in LABEL_FIELDS},
     )
 
@@ -123,8 +125,21 @@ def _text_field(meta: Mapping[str, Any], name: str) -> str | None:
     return text or None
 
 
+def _acl(meta: Mapping[str, Any]) -> tuple[str, ...]:
+    """No `acl` key: everyone may read. An `acl` key must name a group: an empty one is never "public"."""
+    if "acl" not in meta:
+        return ()
+    groups = _identifier_list(meta, "acl")
+    if not groups:
+        raise FrontMatterError(
+            f"front matter field 'acl' names no group (got {repr(meta['acl'])[:40]}): list the groups allowed to read "
+            "the document, e.g. acl: [hr], or remove the field to make it readable by everyone"
+        )
+    return groups
+
+
 def _identifier_list(meta: Mapping[str, Any], name: str) -> tuple[str, ...]:
-    """Tags and ACL entries are identifiers: stripped, lower-cased, deduplicated in order."""
+    """Tags and ACL entries are identifiers (see identifiers.normalise_identifier), deduplicated in order."""
     value = meta.get(name)
     if value is None:
         return ()
@@ -143,8 +158,14 @@ def _identifier_list(meta: Mapping[str, Any], name: str) -> tuple[str, ...]:
             items.append(str(item))
     else:
         raise FrontMatterError(f"front matter field {name!r} must be a list of strings, got {_type_name(value)}")
-    cleaned = (" ".join(item.split()).lower() for item in items)
-    return tuple(dict.fromkeys(item for item in cleaned if item))
+    cleaned = normalise_identifiers(items)
+    too_long = next((item for item in cleaned if len(item) > MAX_IDENTIFIER_CHARS), None)
+    if too_long is not None:
+        raise FrontMatterError(
+            f"front matter field {name!r} has an entry of {len(too_long)} characters "
+            f"(at most {MAX_IDENTIFIER_CHARS}): {too_long[:40]!r}..."
+        )
+    return cleaned
 
 
 def _describe_yaml_error(exc: yaml.YAMLError) -> str:

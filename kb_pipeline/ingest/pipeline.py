@@ -5,18 +5,24 @@ run is simply repeated. New documents go in with a few multi-row statements; cha
 that race another process for the same file, get a savepoint each. Files that fail to parse are
 recorded in ingest_errors and never touch what is already stored for them. Small Markdown and text
 files are parsed in this process, everything else in sandboxed worker processes.
+
+Runs may overlap (`kb ingest C/d0 & kb ingest C`, Dask workers): sources are decided under an exclusive
+database lock and documents written under a shared one (repo.lock_sources), each file is written under the
+one source covering it at write time, and a unique index over active paths backs this up; a race lost
+to another run is retried as an update, never a traceback.
 """
 
 from __future__ import annotations
 
 import os
+import random
 import time
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.orm import Session
 
 from kb_pipeline.backbone.tokenizer import chunk_tokenizer
@@ -44,6 +50,7 @@ class IngestReport:
     counts: Counter = field(default_factory=Counter)
     errors: list[tuple[str, str, str]] = field(default_factory=list)  # (path, kind, message)
     seconds: float = 0.0
+    refused: list[tuple[str, str, str]] = field(default_factory=list)  # links not followed (counted as skipped)
 
     def as_dict(self) -> dict:
         return {**{k: self.counts.get(k, 0) for k in COUNT_KEYS}, "seconds": round(self.seconds, 3)}
@@ -60,8 +67,9 @@ class PendingFile:
 class IngestUnit:
     """Files of one source to parse and write: the unit of work one worker takes."""
 
-    source_id: int
+    source_id: int  # as planned; a source absorbed meanwhile is replaced by the one above it when writing
     files: list[PendingFile]
+    run_id: int = 0  # for heartbeats
 
 
 @dataclass
@@ -72,6 +80,8 @@ class IngestPlan:
     units: list[IngestUnit] = field(default_factory=list)
     gone: list[int] = field(default_factory=list)  # documents whose files vanished
     counts: Counter = field(default_factory=Counter)  # skipped and unchanged, found while planning
+    refused: list[tuple[str, str, str]] = field(default_factory=list)  # symbolic links not followed, and why
+    errors: list[tuple[str, str, str]] = field(default_factory=list)  # files refused while planning
     total_files: int = 0
     started_at: float = field(default_factory=time.time)
 
@@ -110,19 +120,24 @@ def plan_ingest(
     Session = session_factory(settings)
     with Session.begin() as session:
         plan = IngestPlan(run_id=repo.start_run(session, [str(p) for p in resolved]))
+    beat = _Heartbeat(Session, plan.run_id)
     scanned = []
     for path in resolved:
         source, scope, known = _resolve_source(Session, *source_root_and_scope(path))
         found = scan(Path(source.root), scope)
-        plan.counts["skipped"] += len(found.skipped)
+        plan.counts["skipped"] += len(found.skipped) + len(found.refused_links)
+        plan.refused += found.refused_links
         plan.total_files += len(found.files)
         scanned.append((source.id, scope, found, known))
     for source_id, scope, found, known in scanned:
         pending: list[PendingFile] = []
         touched: list[tuple[int, int, float]] = []
         for entry in found.files:
+            beat()
             row = known.get(entry.uri)
-            if is_unchanged_fast(entry, row):
+            if (too_long := _path_too_long(entry)) is not None:
+                plan.errors.append((str(entry.path), "path_too_long", too_long))
+            elif is_unchanged_fast(entry, row):
                 plan.counts["unchanged"] += 1
             elif row is not None and row.status == "active" and _same_content(entry, row.sha256):
                 touched.append((row.id, entry.size, entry.mtime))
@@ -137,7 +152,7 @@ def plan_ingest(
                 for doc_id, size, mtime in touched:
                     repo.touch_document(session, doc_id, size, mtime)
         for start in range(0, len(pending), files_per_unit):
-            plan.units.append(IngestUnit(source_id, pending[start : start + files_per_unit]))
+            plan.units.append(IngestUnit(source_id, pending[start : start + files_per_unit], run_id=plan.run_id))
         seen = {entry.uri for entry in found.files}
         plan.gone += [
             row.id for uri, row in known.items() if row.status == "active" and uri not in seen and in_scope(uri, scope)
@@ -145,16 +160,74 @@ def plan_ingest(
     return plan
 
 
-def _resolve_source(Session, root: Path, scope: str, attempts: int = 3):
-    """The source row for a path; a concurrent run creating the same source first is retried, not fatal."""
-    for attempt in range(attempts):
+# Column widths: uri String(1024), path String(2048); Postgres also caps a btree entry (the unique index
+# over active paths) at about 2.7 kB.
+_MAX_URI_CHARS, _MAX_PATH_CHARS, _MAX_PATH_BYTES = 1024, 2048, 2400
+
+
+def _path_too_long(entry: FileEntry) -> str | None:
+    path = str(entry.path)
+    if len(entry.uri) <= _MAX_URI_CHARS and len(path) <= _MAX_PATH_CHARS and len(path.encode()) <= _MAX_PATH_BYTES:
+        return None
+    return (
+        f"{path}: path too long to store ({len(path)} characters, {len(entry.uri)} below the ingested folder; "
+        f"at most {_MAX_PATH_CHARS} and {_MAX_URI_CHARS})"
+    )
+
+
+def _resolve_source(Session, root: Path, scope: str):
+    """The source row for a path, decided under the exclusive sources lock (see repo.lock_sources)."""
+
+    def resolve(session: Session):
+        repo.lock_sources(session, exclusive=True)
+        source, relative = repo.resolve_source(session, root, scope)
+        return source, relative, repo.known_files(session, source.id, relative)
+
+    return _retrying(Session, resolve)
+
+
+_ATTEMPTS = 6
+
+
+def _retrying(Session, work: Callable[[Session], object]):
+    """Run `work` in a transaction; a deadlock, serialisation failure or busy database is retried."""
+    for attempt in range(_ATTEMPTS):
         try:
             with Session.begin() as session:
-                source, scope = repo.resolve_source(session, root, scope)
-                return source, scope, repo.known_files(session, source.id, scope)
-        except IntegrityError:
-            if attempt == attempts - 1:
+                return work(session)
+        except DBAPIError as exc:
+            if attempt == _ATTEMPTS - 1 or not _transient(exc):
                 raise
+            time.sleep(0.05 * 2**attempt * (0.5 + random.random()))
+
+
+def _transient(exc: DBAPIError) -> bool:
+    """Errors another transaction caused, which the same work run again can succeed past.
+
+    An IntegrityError is a lost race a retry resolves: the retry sees the row the other run committed.
+    """
+    if exc.connection_invalidated or isinstance(exc, IntegrityError):
+        return True
+    code = getattr(exc.orig, "sqlstate", None) or getattr(exc.orig, "pgcode", None)
+    if code in ("40001", "40P01", "55P03"):  # serialization failure, deadlock, lock not available
+        return True
+    message = str(exc.orig).lower()
+    return "database is locked" in message or "database is busy" in message
+
+
+class _Heartbeat:
+    """Record now and then (at most once a minute) that the run is alive: see repo.mark_abandoned_runs."""
+
+    def __init__(self, Session, run_id: int, every_s: float = 60.0) -> None:
+        self.Session, self.run_id, self.every_s = Session, run_id, every_s
+        self.last = time.monotonic()
+
+    def __call__(self) -> None:
+        if not self.run_id or time.monotonic() - self.last < self.every_s:
+            return
+        self.last = time.monotonic()
+        with self.Session.begin() as session:
+            repo.heartbeat(session, self.run_id)
 
 
 def sandboxed_reader(settings: Settings) -> SandboxedReader:
@@ -178,6 +251,7 @@ def ingest_unit(
         with sandboxed_reader(settings) as own:
             return ingest_unit(settings, unit, reader=own, on_file=on_file)
     Session = session_factory(settings)
+    beat = _Heartbeat(Session, unit.run_id)
     report = IngestReport(run_id=0)
     tokenizer = None
     batch: list[tuple[PendingFile, repo.NewDocument]] = []
@@ -185,6 +259,7 @@ def ingest_unit(
     in_process = lambda path: parses_in_process(path, by_path[path].entry.size)  # noqa: E731
     for path, result in reader.read_many(list(by_path), in_process=in_process):
         item = by_path[path]
+        beat()
         if on_file:
             on_file(str(path))
         if isinstance(result, ReadError):
@@ -203,7 +278,8 @@ def ingest_unit(
 
 def finish_ingest(settings: Settings, plan: IngestPlan, parts: list[IngestReport]) -> IngestReport:
     """Tombstone vanished files, record errors and close the run (after every unit is written)."""
-    report = IngestReport(run_id=plan.run_id, counts=Counter(plan.counts))
+    report = IngestReport(run_id=plan.run_id, counts=Counter(plan.counts), errors=list(plan.errors))
+    report.refused = list(plan.refused)
     for part in parts:
         report.counts.update(part.counts)
         report.errors += part.errors
@@ -214,7 +290,7 @@ def finish_ingest(settings: Settings, plan: IngestPlan, parts: list[IngestReport
     report.counts["errors"] = len(report.errors)
     report.seconds = time.time() - plan.started_at
     with Session.begin() as session:
-        repo.record_errors(session, report.run_id, report.errors)
+        repo.record_errors(session, report.run_id, report.errors + report.refused)
         repo.finish_run(session, report.run_id, {k: report.counts.get(k, 0) for k in COUNT_KEYS}, report.seconds)
     return report
 
@@ -264,37 +340,70 @@ def _new_document(entry: FileEntry, parsed: ParsedDocument, tokenizer, settings:
 
 
 def _write_batch(Session, source_id: int, batch: list[tuple[PendingFile, repo.NewDocument]], report: IngestReport) -> None:
-    """One transaction per batch; a document another process inserted meanwhile becomes an update.
+    """Write one batch in one transaction, retried whole if the database reports a deadlock or is busy."""
+    counts = _retrying(Session, lambda session: _write_locked(session, source_id, batch))
+    report.counts.update(counts)
 
-    New documents go in with a few multi-row statements (repo.insert_documents). If one of them races
-    another ingest of the same folder, that attempt leaves nothing behind and every document of the
-    batch gets its own savepoint instead, as before.
+
+def _write_locked(
+    session: Session, planned_source: int, batch: list[tuple[PendingFile, repo.NewDocument]]
+) -> Counter:
+    """Place each document under the source that covers its file now, then insert or update it.
+
+    Under the shared sources lock no source can appear or be absorbed until this commits, so a file's
+    (source, uri) key is the same for every run that writes it, and what is stored for it is looked up
+    here rather than trusted from the plan. New documents go in with a few multi-row statements
+    (repo.insert_documents); if one of them races another ingest of the same file, that attempt leaves
+    nothing behind and every document of the batch gets its own savepoint instead. A document another
+    run stored meanwhile becomes an update (or is unchanged), never a second document.
     """
-    with Session.begin() as session:
-        new = [doc for item, doc in batch if item.known_id is None]
+    counts: Counter = Counter()
+    repo.lock_sources(session, exclusive=False)
+    placed = repo.outermost_sources(session, [doc.path for _, doc in batch])
+    docs: dict[int, list[repo.NewDocument]] = {}
+    for _, doc in batch:
+        source_id, uri = placed.get(doc.path, (planned_source, doc.uri))
+        docs.setdefault(source_id, []).append(replace(doc, uri=uri))
+    for source_id, group in docs.items():
+        stored = repo.stored_files(session, [(source_id, doc.uri) for doc in group])
+        new = [doc for doc in group if (source_id, doc.uri) not in stored]
+        rest = group
         try:
             repo.insert_documents(session, source_id, new)
         except IntegrityError:
             pass  # nothing of the batch was written: one savepoint per document below sorts out the race
         else:
-            report.counts["added"] += len(new)
-            batch = [(item, doc) for item, doc in batch if item.known_id is not None]
-        for item, doc in batch:
-            try:
-                repo.write_document(session, source_id, doc, item.known_id)
-                report.counts["updated" if item.was_active else "added"] += 1
-            except IntegrityError as exc:
-                _write_after_race(session, source_id, doc, report, exc)
+            counts["added"] += len(new)
+            rest = [doc for doc in group if (source_id, doc.uri) in stored]
+        for doc in rest:
+            _write_one(session, source_id, doc, stored.get((source_id, doc.uri)), counts)
+    return counts
+
+
+def _write_one(
+    session: Session, source_id: int, doc: repo.NewDocument, row: repo.StoredFile | None, counts: Counter
+) -> None:
+    if row is not None and row.status == "active" and row.sha256 == doc.sha256:
+        counts["unchanged"] += 1  # another run stored this very content meanwhile
+        if row.size != doc.size or abs(row.mtime - doc.mtime) > 1e-6:
+            repo.touch_document(session, row.id, doc.size, doc.mtime)
+        return
+    try:
+        repo.write_document(session, source_id, doc, row.id if row else None)
+        counts["updated" if row is not None and row.status == "active" else "added"] += 1
+    except IntegrityError as exc:
+        _write_after_race(session, source_id, doc, counts, exc)
 
 
 def _write_after_race(
-    session: Session, source_id: int, doc: repo.NewDocument, report: IngestReport, exc: IntegrityError
+    session: Session, source_id: int, doc: repo.NewDocument, counts: Counter, exc: IntegrityError
 ) -> None:
-    row = repo.known_files(session, source_id, doc.uri).get(doc.uri)
+    """The file was stored by another run after we looked: update that document (or leave it, if equal)."""
+    row = repo.stored_file_for(session, source_id, doc.uri, doc.path)
     if row is None:
         raise exc
     if row.sha256 == doc.sha256 and row.status == "active":
-        report.counts["unchanged"] += 1
+        counts["unchanged"] += 1
         return
     repo.write_document(session, source_id, doc, row.id)
-    report.counts["updated"] += 1
+    counts["updated" if row.status == "active" else "added"] += 1

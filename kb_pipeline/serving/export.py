@@ -1,4 +1,9 @@
-"""`kb export`: every active document with its gold labels beside the model's predictions."""
+"""`kb export`: every active document with its gold labels beside the model's predictions.
+
+Each line carries the document's `acl` (groups allowed to read it; empty: everyone), so a consumer of
+the file can apply the same access rule as search; with a reader other than the operator, documents
+that reader may not read are left out altogether.
+"""
 
 from __future__ import annotations
 
@@ -7,15 +12,19 @@ from typing import Iterator
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from kb_pipeline.store.schema import Document, GoldLabel, GoldTag, PredictedLabel, PredictedSummary
+from kb_pipeline.serving.access import OPERATOR, Reader, readable
+from kb_pipeline.store.schema import Document, DocumentAcl, GoldLabel, GoldTag, PredictedLabel, PredictedSummary
 
 
-def export_rows(session: Session, batch: int = 500) -> Iterator[dict]:
-    """Streams documents in id order, a few queries per batch whatever the KB size."""
+def export_rows(session: Session, batch: int = 500, reader: Reader = OPERATOR) -> Iterator[dict]:
+    """Streams the active documents `reader` may read in id order, a few queries per batch whatever the KB size."""
     last = 0
     while True:
         docs = session.scalars(
-            select(Document).where(Document.status == "active", Document.id > last).order_by(Document.id).limit(batch)
+            select(Document)
+            .where(Document.status == "active", Document.id > last, readable(reader))
+            .order_by(Document.id)
+            .limit(batch)
         ).all()
         if not docs:
             return
@@ -28,8 +37,13 @@ def export_rows(session: Session, batch: int = 500) -> Iterator[dict]:
         for p in session.scalars(select(PredictedLabel).where(PredictedLabel.document_id.in_(ids)).order_by(PredictedLabel.score.desc())):
             labels.setdefault(p.document_id, []).append(p)
         summaries = {s.document_id: s for s in session.scalars(select(PredictedSummary).where(PredictedSummary.document_id.in_(ids)))}
+        acl: dict[int, list[str]] = {}
+        query = select(DocumentAcl.document_id, DocumentAcl.group_name).where(DocumentAcl.document_id.in_(ids))
+        for doc_id, group in session.execute(query.order_by(DocumentAcl.group_name)):
+            acl.setdefault(doc_id, []).append(group)
         for d in docs:
-            yield _row(d, gold.get(d.id), gold_tags.get(d.id, []), labels.get(d.id, []), summaries.get(d.id))
+            row = _row(d, gold.get(d.id), gold_tags.get(d.id, []), labels.get(d.id, []), summaries.get(d.id))
+            yield row | {"acl": acl.get(d.id, [])}
         last = ids[-1]
 
 

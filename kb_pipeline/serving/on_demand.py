@@ -1,7 +1,8 @@
 """`kb tag` and `kb summarise`: run an active adapter on one document or file, storing nothing.
 
 They go through enrichment's shared pass (one document, one task), so a document is read exactly as
-`kb enrich` reads it: its stored chunks, or for a file, the chunks ingestion would cut.
+`kb enrich` reads it: its stored chunks, or for a file, the chunks ingestion would cut. With a `user`
+they show only a document that user may read (serving/access.py); any other is "no document".
 """
 
 from __future__ import annotations
@@ -10,23 +11,23 @@ from pathlib import Path
 
 from kb_pipeline.config import Settings
 from kb_pipeline.ingest.readers import ReadError, read_document
+from kb_pipeline.serving.access import find_readable, not_found, reader_for
 from kb_pipeline.serving.enrich import ChunkWork, DocWork, TaskModels, load_task_models, shared_pass
 from kb_pipeline.serving.errors import NotAvailable
-from kb_pipeline.store import repo
 from kb_pipeline.store.db import session_factory
 
 
-def _document(settings: Settings, ref: str) -> DocWork:
+def _document(settings: Settings, ref: str, user: str | None) -> DocWork:
     with session_factory(settings)() as session:
-        doc = repo.find_document(session, ref)
+        doc = find_readable(session, ref, reader_for(session, user))
         if doc is None or doc.status != "active":
-            raise NotAvailable(f"no document {ref!r} (give an id from `kb docs` or a path)")
+            raise NotAvailable(not_found(ref))
         chunks = [ChunkWork(c.id, c.text, c.char_start, c.char_end, False) for c in doc.chunks]
         return DocWork(doc.id, doc.version, doc.title, doc.text, chunks)
 
 
-def tag_document(settings: Settings, ref: str, models: TaskModels | None = None) -> dict:
-    doc = _document(settings, ref)
+def tag_document(settings: Settings, ref: str, models: TaskModels | None = None, user: str | None = None) -> dict:
+    doc = _document(settings, ref, user)
     models = models or load_task_models(settings)
     if models.classifier is None:
         raise NotAvailable("no active classify adapter: run `kb train classify`")
@@ -35,8 +36,10 @@ def tag_document(settings: Settings, ref: str, models: TaskModels | None = None)
     return {"title": doc.title, **prediction, "adapter_version": models.versions["classify"]}
 
 
-def summarise_document(settings: Settings, ref: str, models: TaskModels | None = None) -> dict:
-    return _summarise(settings, _document(settings, ref), models)
+def summarise_document(
+    settings: Settings, ref: str, models: TaskModels | None = None, user: str | None = None
+) -> dict:
+    return _summarise(settings, _document(settings, ref, user), models)
 
 
 def summarise_file(settings: Settings, path: Path, models: TaskModels | None = None) -> dict:

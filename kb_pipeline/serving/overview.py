@@ -1,14 +1,49 @@
-"""What the knowledge base holds now: the closing report of `kb run` and the flows' artifacts."""
+"""What the knowledge base holds now: `kb stats`, the closing report of `kb run` and the flows' artifacts."""
 
 from __future__ import annotations
 
 from sqlalchemy import func, select
+from sqlalchemy.orm import Session
 
 from kb_pipeline.config import Settings
+from kb_pipeline.serving.access import OPERATOR, Reader, readable
 from kb_pipeline.store import derived, repo
 from kb_pipeline.store.db import session_factory
-from kb_pipeline.store.schema import Document, GoldLabel, PredictedLabel, PredictedSummary
+from kb_pipeline.store.schema import Chunk, Document, DocumentAcl, GoldLabel, PredictedLabel, PredictedSummary
 from kb_pipeline.training import registry
+
+
+def document_stats(session: Session, reader: Reader = OPERATOR) -> dict:
+    """Counts over the documents `reader` may read (the operator: all).
+
+    Restricted documents are counted among active ones only: a tombstone keeps its ACL rows (history),
+    but it is no longer a document anyone can read.
+    """
+    visible = readable(reader)
+    by_status = dict(session.execute(
+        select(Document.status, func.count()).where(visible).group_by(Document.status)
+    ).all())
+    active = (Document.status == "active") & visible
+    by_mime = dict(session.execute(select(Document.mime, func.count()).where(active).group_by(Document.mime)).all())
+    chunks, tokens = session.execute(
+        select(func.count(), func.coalesce(func.sum(Chunk.token_count), 0))
+        .select_from(Chunk).join(Document, Document.id == Chunk.document_id).where(active)
+    ).one()
+    labelled = session.scalar(
+        select(func.count()).select_from(GoldLabel).join(Document, Document.id == GoldLabel.document_id)
+        .where(active, GoldLabel.category.is_not(None))
+    )
+    has_acl = select(DocumentAcl.document_id).where(DocumentAcl.document_id == Document.id).exists()
+    restricted = session.scalar(select(func.count()).select_from(Document).where(active, has_acl))
+    return {
+        "documents": by_status.get("active", 0),
+        "deleted": by_status.get("deleted", 0),
+        "chunks": int(chunks),
+        "tokens": int(tokens),
+        "labelled_documents": int(labelled or 0),
+        "restricted_documents": int(restricted or 0),
+        "by_mime": by_mime,
+    }
 
 
 def overview(settings: Settings, models) -> dict:

@@ -21,6 +21,10 @@ from kb_pipeline.store.schema import Chunk, Document, GoldLabel, GoldTag, Predic
 
 RRF_K = 60  # the constant from Cormack et al.; damps the difference between top ranks
 MODES = ("hybrid", "dense", "keyword")
+# Keyword search ORs the query's distinct words, the first MAX_QUERY_TERMS of them: a bound on the SQL,
+# since a 30,000-word tsquery exceeds Postgres's stack depth and takes SQLite seconds. A pasted paragraph
+# still fits; dense search reads the query's first tokens up to the model's limit anyway.
+MAX_QUERY_TERMS = 64
 _WORD = re.compile(r"\w+", re.UNICODE)
 
 
@@ -68,9 +72,19 @@ def allowed_chunk_ids(session: Session, filters: Filters) -> np.ndarray:
     return np.fromiter(session.scalars(query.order_by(Chunk.id)), dtype=np.int64)
 
 
+def query_terms(query: str) -> list[str]:
+    """The query's distinct lower-cased words in order of first appearance, at most MAX_QUERY_TERMS."""
+    terms: dict[str, None] = {}
+    for match in _WORD.finditer(query):
+        terms.setdefault(match.group().lower())
+        if len(terms) == MAX_QUERY_TERMS:
+            break
+    return list(terms)
+
+
 def keyword_hits(session: Session, query: str, filters: Filters, limit: int) -> list[tuple[int, int, float]]:
     """(chunk id, doc id, score) best first, from SQLite FTS5 (bm25) or Postgres full text (ts_rank_cd)."""
-    words = [w.lower() for w in _WORD.findall(query)]
+    words = query_terms(query)
     if not words:
         return []
     if session.get_bind().dialect.name == "sqlite":

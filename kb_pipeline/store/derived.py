@@ -7,12 +7,13 @@ exactly the affected rows without any bookkeeping.
 
 from __future__ import annotations
 
-from typing import Iterable, Sequence
+from typing import Callable, Iterable, Sequence
 
 import numpy as np
 from sqlalchemy import and_, delete, insert, select, update
 from sqlalchemy.orm import Session
 
+from kb_pipeline.ingest.identifiers import normalise_identifiers
 from kb_pipeline.store.schema import (
     Chunk,
     ChunkEmbedding,
@@ -148,7 +149,10 @@ def load_embeddings(session: Session, embed_key: str, chunk_ids: Iterable[int] |
     if not rows:
         return np.zeros(0, dtype=np.int64), np.zeros((0, 0), dtype=np.float32)
     ids = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
-    vectors = np.stack([np.frombuffer(r[1], dtype="<f4") for r in rows]).astype(np.float32)
+    blob = b"".join(r[1] for r in rows)  # one buffer, one array: no per-row numpy objects
+    if len(blob) % (4 * len(rows)):
+        raise ValueError(f"stored vectors under {embed_key!r} differ in width")
+    vectors = np.frombuffer(blob, dtype="<f4").reshape(len(rows), -1).astype(np.float32)
     return ids, vectors
 
 
@@ -161,8 +165,8 @@ def active_chunk_ids(session: Session) -> np.ndarray:
 
 
 def add_user(session: Session, name: str, groups: Iterable[str]) -> list[str]:
-    """Create or update a user; their groups are replaced by `groups`."""
-    clean = sorted({g.strip().lower() for g in groups if g.strip()})
+    """Create or update a user; their groups are replaced by `groups`, normalised as document ACLs are."""
+    clean = sorted(normalise_identifiers(groups))
     if session.get(User, name) is None:
         session.add(User(name=name))
         session.flush()
@@ -189,6 +193,7 @@ def list_users(session: Session) -> list[dict]:
 def readable_filter(groups: Sequence[str] | None):
     """SQL condition on Document: no ACL rows, or one of the user's groups (fail closed without a user)."""
     restricted = select(DocumentAcl.document_id).where(DocumentAcl.document_id == Document.id).exists()
+    groups = normalise_identifiers(groups or ())  # stored before groups were normalised like ACLs
     if not groups:
         return ~restricted
     allowed = select(DocumentAcl.document_id).where(
@@ -200,9 +205,12 @@ def readable_filter(groups: Sequence[str] | None):
 # --- index builds --------------------------------------------------------------------------------
 
 
-def start_build(session: Session, embed_key: str, kind: str, path: str) -> int:
-    build = IndexBuild(embed_key=embed_key, kind=kind, path=path)
+def start_build(session: Session, embed_key: str, kind: str, path_for: Callable[[int], str]) -> int:
+    """Record a build in progress; its file is named after its id (``path_for(id)``)."""
+    build = IndexBuild(embed_key=embed_key, kind=kind, path="")
     session.add(build)
+    session.flush()
+    build.path = path_for(build.id)
     session.flush()
     return build.id
 
@@ -214,6 +222,20 @@ def finish_build(session: Session, build_id: int, count: int, checksum: str, pat
         update(IndexBuild).where(IndexBuild.id == build_id)
         .values(status="ready", count=count, checksum=checksum, path=path, finished_at=utcnow())
     )
+
+
+def fail_builds(session: Session, build_ids: Sequence[int] | None = None, *, folder: str | None = None) -> int:
+    """Mark builds that never finished failed: ``build_ids``, or every 'building' row under ``folder``.
+
+    A writer holding a folder's index lock calls it with ``folder``: any build still 'building'
+    there belonged to a writer that died before it could say so.
+    """
+    query = update(IndexBuild).where(IndexBuild.status == "building")
+    if build_ids is not None:
+        query = query.where(IndexBuild.id.in_(list(build_ids)))
+    if folder is not None:
+        query = query.where(IndexBuild.path.startswith(folder.rstrip("/") + "/", autoescape=True))
+    return session.execute(query.values(status="failed", finished_at=utcnow())).rowcount
 
 
 def live_build(session: Session) -> IndexBuild | None:

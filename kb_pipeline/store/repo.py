@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import os
+import socket
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, Iterable, NamedTuple, Sequence
 
-from sqlalchemy import delete, func, insert, select, update
+from sqlalchemy import delete, func, insert, literal, select, text, update
 from sqlalchemy.orm import Session
 
 from kb_pipeline.store.schema import (
@@ -56,35 +58,96 @@ class StoredFile(NamedTuple):
 
 # --- sources -------------------------------------------------------------------------------------
 
+SOURCES_LOCK_KEY = 0x6B62_5F73_7263  # "kb_src": the Postgres advisory lock guarding the set of sources
+
+
+def lock_sources(session: Session, *, exclusive: bool) -> None:
+    """Hold the sources lock until this transaction ends; call it first thing in the transaction.
+
+    Exclusive for changing which sources exist (resolve_source), shared for writing documents, so no
+    source is created or absorbed between a writer choosing a document's source and committing it.
+    Postgres: a transaction-scoped advisory lock. SQLite: BEGIN IMMEDIATE, i.e. the database's one write
+    lock, taken before the first read, so what the transaction read cannot change before it writes.
+    """
+    dialect = session.get_bind().dialect.name
+    if dialect == "postgresql":
+        function = "pg_advisory_xact_lock" if exclusive else "pg_advisory_xact_lock_shared"
+        session.execute(text(f"SELECT {function}(:key)"), {"key": SOURCES_LOCK_KEY})
+    elif dialect == "sqlite":
+        connection = session.connection()
+        if not connection.connection.dbapi_connection.in_transaction:
+            connection.exec_driver_sql("BEGIN IMMEDIATE")
+
 
 def resolve_source(session: Session, root: Path, scope: str) -> tuple[Source, str]:
-    """The source covering root/scope and the scope relative to it.
+    """The source covering root/scope and the scope relative to it; call it under lock_sources(exclusive).
 
-    An existing source whose root is an ancestor of the ingest path is reused, so ingesting a
-    sub-folder never duplicates documents. A new source that is an ancestor of older ones absorbs
-    them (their documents are re-keyed under it) for the same reason.
+    The outermost existing source whose root is an ancestor of the ingest path is reused, so ingesting a
+    sub-folder never duplicates documents; otherwise root becomes a new source. Either way, any source
+    below the chosen one is absorbed into it (adopt_source), so sources never nest and each file has one
+    (source, uri) key, whatever order overlapping ingests ran in.
     """
     target = root / scope if scope else root
     sources = session.scalars(select(Source)).all()
     covering = [s for s in sources if _is_within(target, Path(s.root))]
     if covering:
-        best = max(covering, key=lambda s: len(s.root))
-        rel = target.relative_to(best.root).as_posix()
-        return best, "" if rel == "." else rel
-    source = Source(root=str(root))
-    session.add(source)
-    session.flush()
-    for child in sources:
-        if _is_within(Path(child.root), root):
-            prefix = Path(child.root).relative_to(root).as_posix()
-            session.execute(
-                update(Document)
-                .where(Document.source_id == child.id)
-                .values(source_id=source.id, uri=prefix + "/" + Document.uri)
+        source = min(covering, key=lambda s: len(s.root))
+    else:
+        source = Source(root=str(root))
+        session.add(source)
+        session.flush()
+    for other in sources:
+        if other.id != source.id and _is_within(Path(other.root), Path(source.root)):
+            adopt_source(session, source, other)
+    rel = target.relative_to(source.root).as_posix()
+    return source, "" if rel == "." else rel
+
+
+def adopt_source(session: Session, parent: Source, child: Source) -> None:
+    """Move a nested source's documents into the source above it (re-keying their uris) and drop it.
+
+    Where both hold a document for the same file (left by overlapping ingests before sources were
+    locked), one is kept: the active one, or the parent's when both are active or both deleted.
+    """
+    prefix = Path(child.root).relative_to(parent.root).as_posix() + "/"
+    theirs = session.execute(
+        select(Document.id, Document.uri, Document.status).where(Document.source_id == child.id)
+    ).all()
+    ours = {
+        uri: (doc_id, status)
+        for uri, doc_id, status in session.execute(
+            select(Document.uri, Document.id, Document.status).where(
+                Document.source_id == parent.id, Document.uri.startswith(prefix, autoescape=True)
             )
-            session.delete(child)
+        )
+    }
+    drop = []
+    for doc_id, uri, status in theirs:
+        twin = ours.get(prefix + uri)
+        if twin is not None:
+            drop.append(twin[0] if status == "active" and twin[1] != "active" else doc_id)
+    for start in range(0, len(drop), 500):
+        session.execute(delete(Document).where(Document.id.in_(drop[start : start + 500])))
+    session.execute(
+        update(Document)
+        .where(Document.source_id == child.id)
+        .values(source_id=parent.id, uri=literal(prefix) + Document.uri)
+    )
+    session.execute(delete(Source).where(Source.id == child.id))
     session.flush()
-    return source, scope
+
+
+def outermost_sources(session: Session, paths: Iterable[str]) -> dict[str, tuple[int, str]]:
+    """path -> (source id, uri) under the outermost source covering it; paths no source covers are left out."""
+    rows = session.execute(select(Source.root, Source.id)).all()
+    prefixes = sorted(((root.rstrip("/") + "/", source_id) for root, source_id in rows), key=lambda row: len(row[0]))
+    placed = {}
+    for path in paths:  # plain string prefixes: roots and paths are absolute, resolved and POSIX
+        for prefix, source_id in prefixes:
+            if path.startswith(prefix):
+                placed[path] = (source_id, path[len(prefix) :])
+                break
+    return placed
 
 
 def _is_within(path: Path, root: Path) -> bool:
@@ -103,6 +166,34 @@ def known_files(session: Session, source_id: int, scope: str) -> dict[str, Store
     if scope:
         query = query.where((Document.uri == scope) | Document.uri.startswith(scope + "/", autoescape=True))
     return {row[0]: StoredFile(*row[1:]) for row in session.execute(query)}
+
+
+def stored_files(session: Session, keys: Iterable[tuple[int, str]]) -> dict[tuple[int, str], StoredFile]:
+    """(source id, uri) -> what is stored, for the given keys that exist."""
+    by_source: dict[int, list[str]] = {}
+    for source_id, uri in keys:
+        by_source.setdefault(source_id, []).append(uri)
+    found = {}
+    for source_id, uris in by_source.items():
+        for start in range(0, len(uris), 500):
+            query = select(
+                Document.uri, Document.id, Document.size, Document.mtime, Document.content_sha256, Document.status
+            ).where(Document.source_id == source_id, Document.uri.in_(uris[start : start + 500]))
+            found.update({(source_id, row[0]): StoredFile(*row[1:]) for row in session.execute(query)})
+    return found
+
+
+def stored_file_for(session: Session, source_id: int, uri: str, path: str) -> StoredFile | None:
+    """The document stored for a file: under its (source, uri) key, else the active one at its path."""
+    query = select(
+        Document.id, Document.size, Document.mtime, Document.content_sha256, Document.status, Document.source_id
+    ).where(
+        ((Document.source_id == source_id) & (Document.uri == uri))
+        | ((Document.path == path) & (Document.status == "active"))
+    )
+    rows = session.execute(query).all()
+    rows.sort(key=lambda row: row[5] != source_id)  # the (source, uri) key first
+    return StoredFile(*rows[0][:5]) if rows else None
 
 
 # --- documents -----------------------------------------------------------------------------------
@@ -211,8 +302,8 @@ def mark_deleted(session: Session, doc_ids: Iterable[int]) -> int:
 
 def find_document(session: Session, ref: str) -> Document | None:
     """A document by id, by absolute path or by path relative to its source."""
-    if ref.isdigit():
-        return session.get(Document, int(ref))
+    if ref.isascii() and ref.isdigit():
+        return session.get(Document, int(ref)) if int(ref) < 2**63 else None
     candidates = {ref, str(Path(ref).expanduser().resolve())}
     query = select(Document).where(Document.path.in_(candidates) | (Document.uri == ref))
     return session.scalars(query.order_by(Document.status, Document.id)).first()
@@ -287,27 +378,96 @@ def stats(session: Session) -> dict[str, Any]:
         )
     )
     last_run = session.scalars(select(IngestRun).order_by(IngestRun.id.desc())).first()
+    if last_run is not None and last_run.status == "running":  # shown as it is; start_run writes it down
+        gone = _run_is_gone(last_run.pid, last_run.host, last_run.heartbeat_at or last_run.started_at, utcnow())
+        last_status = "abandoned" if gone else "running"
     return {
         "documents": by_status.get("active", 0),
         "deleted": by_status.get("deleted", 0),
         "chunks": chunk_count,
         "tokens": int(token_count),
         "labelled_documents": labelled,
-        "restricted_documents": session.scalar(select(func.count(func.distinct(DocumentAcl.document_id)))),
+        "restricted_documents": session.scalar(
+            select(func.count(func.distinct(DocumentAcl.document_id))).join(Document).where(Document.status == "active")
+        ),
         "sources": session.scalar(select(func.count()).select_from(Source)),
         "by_mime": by_mime,
-        "last_ingest": _run_dict(last_run) if last_run else None,
+        "last_ingest": _run_dict(last_run) | ({"status": last_status} if last_run.status == "running" else {})
+        if last_run
+        else None,
     }
 
 
 # --- ingest runs and errors ----------------------------------------------------------------------
 
 
+RUN_STALE_AFTER = timedelta(minutes=15)  # a run on another host with no heartbeat for this long is gone
+
+
 def start_run(session: Session, paths: list[str]) -> int:
-    run = IngestRun(paths=paths)
+    """Record a new run (with this process's pid and host), after marking runs whose process is gone."""
+    mark_abandoned_runs(session)
+    now = utcnow()
+    run = IngestRun(paths=paths, pid=os.getpid(), host=_HOST, heartbeat_at=now, started_at=now)
     session.add(run)
     session.flush()
     return run.id
+
+
+def heartbeat(session: Session, run_id: int) -> None:
+    """The run is still working (its units may run in other processes or on other hosts)."""
+    session.execute(
+        update(IngestRun).where(IngestRun.id == run_id, IngestRun.status == "running").values(heartbeat_at=utcnow())
+    )
+
+
+def mark_abandoned_runs(session: Session) -> list[int]:
+    """Runs left `running` by a process that is gone (killed, crashed) become `abandoned`; returns their ids.
+
+    Gone means: on this host, no live process has the run's pid; on another host (or for runs recorded
+    before pids were), no heartbeat for RUN_STALE_AFTER. Runs still working, here or elsewhere, are left alone.
+    """
+    now = utcnow()
+    running = session.execute(
+        select(IngestRun.id, IngestRun.pid, IngestRun.host, IngestRun.heartbeat_at, IngestRun.started_at).where(
+            IngestRun.status == "running"
+        )
+    ).all()
+    gone = [row.id for row in running if _run_is_gone(row.pid, row.host, row.heartbeat_at or row.started_at, now)]
+    if gone:
+        session.execute(
+            update(IngestRun).where(IngestRun.id.in_(gone), IngestRun.status == "running").values(status="abandoned")
+        )
+    return gone
+
+
+def _run_is_gone(pid: int | None, host: str | None, last_sign: datetime | None, now: datetime) -> bool:
+    if pid is not None and host == _HOST:
+        return not _process_alive(pid)
+    if last_sign is None:
+        return True
+    if last_sign.tzinfo is None:  # SQLite hands back naive datetimes (stored as UTC)
+        last_sign = last_sign.replace(tzinfo=now.tzinfo)
+    return now - last_sign > RUN_STALE_AFTER
+
+
+def _process_alive(pid: int) -> bool:
+    """Whether a process with this pid exists and is not a zombie (killed, not yet reaped by its parent)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as handle:
+            state = handle.read().rsplit(b")", 1)[1].split()[0]
+        return state not in (b"Z", b"X")
+    except (OSError, IndexError):
+        return True
+
+
+_HOST = socket.gethostname()[:255]
 
 
 def finish_run(session: Session, run_id: int, counts: dict[str, int], seconds: float, status: str = "ok") -> None:

@@ -23,6 +23,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
@@ -63,6 +64,7 @@ class Document(Base):
     __table_args__ = (
         UniqueConstraint("source_id", "uri"),
         CheckConstraint("status IN ('active', 'deleted')", name="status"),
+        {"sqlite_autoincrement": True},  # ids are never reused (FAISS is keyed by them): migration 0004
     )
 
     id: Mapped[int] = mapped_column(IdType, primary_key=True)
@@ -91,7 +93,7 @@ class Document(Base):
 
 class Chunk(Base):
     __tablename__ = "chunks"
-    __table_args__ = (UniqueConstraint("document_id", "ordinal"),)
+    __table_args__ = (UniqueConstraint("document_id", "ordinal"), {"sqlite_autoincrement": True})
 
     id: Mapped[int] = mapped_column(IdType, primary_key=True)
     document_id: Mapped[int] = mapped_column(ForeignKey("documents.id", ondelete="CASCADE"), index=True)
@@ -143,7 +145,10 @@ class IngestRun(Base):
     paths: Mapped[list[str]] = mapped_column(JSON, default=list)
     started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
-    status: Mapped[str] = mapped_column(String(16), default="running")
+    status: Mapped[str] = mapped_column(String(16), default="running")  # running, ok, abandoned
+    pid: Mapped[int | None] = mapped_column(Integer)  # of the process that started the run, on host
+    host: Mapped[str | None] = mapped_column(String(255))
+    heartbeat_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))  # migration 0005
     added: Mapped[int] = mapped_column(Integer, default=0)
     updated: Mapped[int] = mapped_column(Integer, default=0)
     unchanged: Mapped[int] = mapped_column(Integer, default=0)
@@ -165,6 +170,14 @@ class IngestError(Base):
 
 
 Index("ix_documents_sha", Document.content_sha256)
+# A file is one active document, whatever sources or concurrent runs saw it (migration 0005).
+Index(
+    "ux_documents_active_path",
+    Document.path,
+    unique=True,
+    sqlite_where=text("status = 'active'"),
+    postgresql_where=text("status = 'active'"),
+)
 
 
 class AdapterVersion(Base):
@@ -255,7 +268,10 @@ class IndexBuild(Base):
     """One FAISS index file written under KB_HOME/index/, and what it holds."""
 
     __tablename__ = "index_builds"
-    __table_args__ = (CheckConstraint("status IN ('building', 'ready', 'replaced', 'failed')", name="status"),)
+    __table_args__ = (
+        CheckConstraint("status IN ('building', 'ready', 'replaced', 'failed')", name="status"),
+        {"sqlite_autoincrement": True},
+    )
 
     id: Mapped[int] = mapped_column(IdType, primary_key=True)
     embed_key: Mapped[str] = mapped_column(String(96), index=True)

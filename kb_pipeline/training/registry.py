@@ -7,9 +7,10 @@ with the reason recorded. Exactly one version per task and backbone is active at
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 
-from sqlalchemy import select, update
+from sqlalchemy import select, text, update
 from sqlalchemy.orm import Session
 
 from kb_pipeline.store.schema import AdapterVersion, utcnow
@@ -92,6 +93,7 @@ def rollback(session: Session, task: str, backbone_hash: str | None = None) -> A
     """
     if task not in TASKS:
         raise RegistryError(f"unknown task {task!r}; expected one of {', '.join(TASKS)}")
+    _serialise(session, task)
     actives = [v for v in list_versions(session, task) if v.status == "active"]
     if backbone_hash is not None:
         actives = [v for v in actives if v.backbone_hash == backbone_hash]
@@ -122,7 +124,21 @@ def rollback(session: Session, task: str, backbone_hash: str | None = None) -> A
     return previous
 
 
+def _serialise(session: Session, task: str) -> None:
+    """Order concurrent status changes of one task until this transaction ends.
+
+    Under Postgres READ COMMITTED, two promotions at once each retire "the active version" without
+    seeing the other's uncommitted new one, and both stay active. A transaction-scoped advisory lock
+    makes the second wait, and its UPDATE then sees (and retires) the first. SQLite needs none: a
+    write transaction already holds the whole database.
+    """
+    if session.get_bind().dialect.name == "postgresql":
+        key = int.from_bytes(hashlib.sha256(f"kb-adapter-registry:{task}".encode()).digest()[:8], "big", signed=True)
+        session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": key})
+
+
 def _activate(session: Session, version: AdapterVersion) -> None:
+    _serialise(session, version.task)
     session.execute(
         update(AdapterVersion)
         .where(
