@@ -13,13 +13,14 @@ import time
 from prefect import flow, unmapped
 from prefect.artifacts import create_markdown_artifact
 
-from flows import artifacts, tasks as steps
+from flows import artifacts
+from flows import tasks as steps
 from flows.progress import report
 from flows.runtime import task_runner
 from kb_pipeline.config import Settings
-from kb_pipeline.training.registry import TASKS
+from kb_pipeline.tasks.registry import TASKS
 
-ALL_TASKS = list(TASKS)
+ALL_TASKS = list(TASKS)  # what the scheduled retrain deployment names; a flow given None trains every registered task
 
 
 def _settings() -> Settings:
@@ -51,10 +52,10 @@ def ingest_flow(paths: list[str], dask_address: str | None = None, files_per_uni
 
 
 @flow(name="train-adapters")
-def train_flow(tasks: list[str] = ALL_TASKS, force: bool = False) -> dict:
+def train_flow(tasks: list[str] | None = None, force: bool = False) -> dict:
     """Train each task that has no adapter yet or whose labelled data changed by more than KB_RETRAIN_SHARE."""
     settings = _settings()
-    needs = steps.decide_training(settings, tasks, force)
+    needs = steps.decide_training(settings, tasks or list(TASKS), force)
     outcomes = {need.task: steps.train_adapter(settings, need.task) for need in needs if need.needed}
     needs_d = [n.as_dict() for n in needs]
     create_markdown_artifact(
@@ -71,13 +72,15 @@ def enrich_flow(dask_address: str | None = None, docs_per_batch: int = 64) -> di
     started = time.perf_counter()
     plan = steps.plan_enrichment(settings, docs_per_batch)
     futures = steps.enrich_documents.map(unmapped(settings), plan.batches)
-    totals = {"tagged": 0, "summarised": 0, "embedded": 0}
+    totals = {"tagged": 0, "summarised": 0, "embedded": 0, "outputs": {}}
     done = 0
     report("enrich", 0, plan.documents, "documents")
     for ids, future in zip(plan.batches, futures):
-        part = future.result()
-        for key in totals:
-            totals[key] += getattr(part, key)
+        part = future.result().as_dict()
+        for key in ("tagged", "summarised", "embedded"):
+            totals[key] += part[key]
+        for task, n in part["outputs"].items():
+            totals["outputs"][task] = totals["outputs"].get(task, 0) + n
         done += len(ids)
         report("enrich", done, plan.documents, "documents")
     index = steps.update_index(settings)
@@ -107,7 +110,7 @@ def reindex_flow() -> dict:
 
 @flow(name="kb-pipeline", flow_run_name="pipeline {paths}")
 def pipeline_flow(
-    paths: list[str], tasks: list[str] = ALL_TASKS, force_train: bool = False,
+    paths: list[str], tasks: list[str] | None = None, force_train: bool = False,
     dask_address: str | None = None, files_per_unit: int = 500, docs_per_batch: int = 64,
 ) -> dict:
     """ingest -> train what needs it -> enrich -> index."""
@@ -126,7 +129,7 @@ def scheduled_ingest_flow(paths: list[str], dask_address: str | None = None) -> 
 
 
 @flow(name="scheduled-retrain")
-def scheduled_retrain_flow(tasks: list[str] = ALL_TASKS, dask_address: str | None = None) -> dict:
+def scheduled_retrain_flow(tasks: list[str] | None = None, dask_address: str | None = None) -> dict:
     """What `kb serve` runs on the retrain schedule: retrain what changed, then refresh the stale outputs."""
     training = _on(train_flow, None)(tasks, False)
     enrichment = _on(enrich_flow, dask_address)(dask_address)
@@ -137,5 +140,5 @@ def run_pipeline(paths: list[str], *, dask_address: str | None = None, force_tra
                  tasks: list[str] | None = None, files_per_unit: int = 500, docs_per_batch: int = 64) -> dict:
     """Run pipeline_flow with the right task runner (what `kb run` calls)."""
     return _on(pipeline_flow, dask_address)(
-        paths, tasks or ALL_TASKS, force_train, dask_address, files_per_unit, docs_per_batch,
+        paths, tasks, force_train, dask_address, files_per_unit, docs_per_batch,
     )

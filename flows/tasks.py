@@ -20,7 +20,8 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 from prefect.runtime import task_run
 from prefect.tasks import exponential_backoff
-from sqlalchemy.exc import DBAPIError, OperationalError, TimeoutError as PoolTimeout
+from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 from flows.progress import Counter, report
 from kb_pipeline.config import Settings
@@ -81,7 +82,9 @@ def scan_folders(settings: Settings, paths: list[str], files_per_unit: int) -> i
 
 
 @task(name="parse-and-store", task_run_name=_unit_name, **RETRIES)
-def store_files(settings: Settings, unit: ingest_lib.IngestUnit, done_before: int, total: int) -> ingest_lib.IngestReport:
+def store_files(
+    settings: Settings, unit: ingest_lib.IngestUnit, done_before: int, total: int
+) -> ingest_lib.IngestReport:
     counter = Counter("ingest", total, start=done_before)
     return ingest_lib.ingest_unit(settings, unit, on_file=lambda path: counter(Path(path).name))
 
@@ -129,12 +132,12 @@ def task_models(settings: Settings):
     """The active adapters on the backbone, loaded once per process (per Dask worker), reloaded on promotion."""
     from kb_pipeline.backbone.loading import load_backbone
     from kb_pipeline.serving.enrich import load_task_models
-    from kb_pipeline.training import registry
+    from kb_pipeline.store.queries import active_versions
 
     with _models_lock:
         backbone = load_backbone(settings.backbone, settings.models_dir)
         with session_factory(settings)() as session:
-            active = tuple(sorted((t, v.id) for t, v in registry.active_versions(session, backbone.weights_hash).items()))
+            active = tuple(sorted((t, v.id) for t, v in active_versions(session, backbone.weights_hash).items()))
         key = (settings.database_url, settings.backbone, str(settings.models_dir), active)
         cached = _models.get(key)
         if cached is None or cached.adapters.closed:  # a newer AdapterSet (training) took over the backbone
@@ -169,17 +172,16 @@ def update_index(settings: Settings, rebuild: bool = False) -> dict:
 
 @task(name="summarise-knowledge-base", **RETRIES)
 def knowledge_base_overview(settings: Settings, example_k: int = 3) -> dict:
-    from kb_pipeline.indexing.sync import load_live_index
     from kb_pipeline.serving.overview import example_query, overview
-    from kb_pipeline.serving.search import search
+    from kb_pipeline.serving.search import open_searcher
 
     models = task_models(settings)
     result = overview(settings, models)
     query = example_query(settings)
     result["example_search"] = None
     if query:
-        index = load_live_index(settings, models.embed_key)
+        searcher = open_searcher(settings, models)
         with session_factory(settings)() as session:
-            hits = search(session, query, k=example_k, index=index, embed=models.embed)
+            hits = searcher.search(session, query, k=example_k)
         result["example_search"] = {"query": query, "results": hits}
     return result

@@ -10,8 +10,7 @@ import torch
 
 from kb_pipeline.backbone import gguf
 from kb_pipeline.backbone.adapter_files import load_adapter, save_adapter
-from kb_pipeline.backbone.adapters import AdapterConfig, AdapterSet
-from kb_pipeline.backbone.bottleneck import BottleneckAdapter
+from kb_pipeline.backbone.adapters import AdapterConfig, AdapterSet, BottleneckAdapter
 from kb_pipeline.backbone.loading import BackboneError, backbone_from_model, load_backbone, load_tokenizer
 from tiny_models import batch, single_threaded, tiny_backbone  # tests/ is on sys.path (rootdir-relative, no package)
 

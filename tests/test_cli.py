@@ -101,7 +101,8 @@ def test_text_output_shows_brackets_in_titles_and_tags_literally(kb_home, tmp_pa
     root = tmp_path / "docs"
     root.mkdir()
     (root / "plan.md").write_text(
-        "---\ntitle: Budget [draft] 2027\ncategory: finance\ntags: [bold]\nsummary: Costs [red]up[/red].\n---\n# Plan\n\nText.\n"
+        "---\ntitle: Budget [draft] 2027\ncategory: finance\ntags: [bold]\nsummary: Costs [red]up[/red].\n---\n"
+        "# Plan\n\nText.\n"
     )
     assert kb("init").exit_code == 0
     assert kb("ingest", str(root)).exit_code == 0
@@ -145,7 +146,8 @@ def test_export_carries_acl_and_user_views_show_only_readable_documents(kb_home,
     assert [json.loads(line)["title"] for line in kb("export", "--user", "sam").stdout.splitlines()] == ["Office hours"]
     assert {d["title"] for d in json_of(kb("docs", "--json", "--user", "hana"))} == {"Salary bands", "Office hours"}
 
-    denied, missing = kb("show", str(root / "pay.md"), "--user", "sam"), kb("show", str(root / "gone.md"), "--user", "sam")
+    denied = kb("show", str(root / "pay.md"), "--user", "sam")
+    missing = kb("show", str(root / "gone.md"), "--user", "sam")
     assert denied.exit_code == missing.exit_code == 1
     assert denied.output.replace("pay.md", "gone.md") == missing.output and "Salary" not in denied.output
     assert "Bands for every level" in kb("show", str(root / "pay.md"), "--user", "hana").output

@@ -6,7 +6,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings as hsettings, strategies as st
+from hypothesis import HealthCheck, given
+from hypothesis import settings as hsettings
+from hypothesis import strategies as st
 from sqlalchemy import select
 
 from kb_pipeline.indexing import sync
@@ -18,8 +20,8 @@ from kb_pipeline.serving.search import Filters, search
 from kb_pipeline.store import derived
 from kb_pipeline.store.db import session_factory
 from kb_pipeline.store.schema import Document, PredictedLabel
+from kb_pipeline.tasks.encoding import model_input
 from kb_pipeline.training import registry
-from kb_pipeline.training.datasets import model_input
 from kb_pipeline.training.loop import TrainConfig
 from kb_pipeline.training.service import train_tasks
 from tiny_models import single_threaded, tiny_bert_backbone, tiny_llama_backbone
@@ -44,7 +46,8 @@ def write_corpus(root: Path, n: int = 12) -> Path:
         word = WORDS[i % len(WORDS)]
         category = "hr" if i % 2 else "engineering"
         acl = "acl: [hr]\n" if i % 4 == 3 else ""
-        front = f"---\ntitle: {word.title()} note {i}\ncategory: {category}\ntags: [{word}]\nsummary: About {word}.\n{acl}---\n"
+        front = (f"---\ntitle: {word.title()} note {i}\ncategory: {category}\ntags: [{word}]\n"
+                 f"summary: About {word}.\n{acl}---\n")
         body = " ".join(f"The {word} procedure step {j} for team {i}." for j in range(30))
         (root / f"doc-{i}.md").write_text(f"{front}# {word.title()} note {i}\n\n{body}\n\n## More\n\n{body}\n")
     return root
@@ -123,7 +126,8 @@ class LayerCalls:
         self.calls += 1
 
 
-def assert_same_labels(a: dict, b: dict, thresholds: dict[str, float]) -> None:
+def assert_same_labels(a, b, thresholds: dict[str, float]) -> None:
+    a, b = (x.as_row() if hasattr(x, "as_row") else x for x in (a, b))
     assert a["category"] == b["category"] and a["category_score"] == pytest.approx(b["category_score"], abs=1e-5)
     ta, tb = dict(a["tags"]), dict(b["tags"])
     for tag in set(ta) ^ set(tb):  # only a score within rounding of its threshold may fall on either side
@@ -143,11 +147,13 @@ def test_enrichment_shares_one_lower_layer_pass_per_batch_and_matches_each_task(
                 registry.promote(s, outcome.version)
     models = load_task_models(settings, backbone)
     assert set(models.versions) == {"classify", "embed", "summarise"}
-    assert models.classifier.reads_chunks and models.summariser.reads_chunks
+    classifier, summariser = models.heads["classify"], models.heads["summarise"]
+    assert classifier.shares_trunk() and summariser.shares_trunk()
     [ids] = plan_enrich(settings, models).batches
     with session_factory(settings)() as s:
         docs = load_work(s, models, ids)
-    assert len(docs) == 12 and all(d.label and d.summary and all(c.embed for c in d.chunks) for d in docs)
+    assert len(docs) == 12
+    assert all(d.needs == {"classify", "summarise"} and all(c.embed for c in d.chunks) for d in docs)
 
     bottom = LayerCalls(backbone.transformer_layers()[0])
     shared = shared_pass(models, docs, batch_size=8)
@@ -170,17 +176,17 @@ def test_enrichment_shares_one_lower_layer_pass_per_batch_and_matches_each_task(
     for i, chunk in enumerate(c for d in docs for c in d.chunks):
         np.testing.assert_allclose(shared.vectors[chunk.id], separate.vectors[chunk.id], atol=1e-5)
         np.testing.assert_allclose(shared.vectors[chunk.id], own_vectors[i], atol=1e-5)
-    own_labels = models.classifier.predict(
+    own_labels = classifier.predict(
         models.adapters, [model_input(d.title, d.text) for d in docs], chunks=[[c.text for c in d.chunks] for d in docs]
     )
-    thresholds = dict(zip(models.classifier.config["tags"], models.classifier.config["thresholds"]))
-    own_summaries = models.summariser.predict(
+    thresholds = dict(zip(classifier.config.tags, classifier.config.thresholds))
+    own_summaries = summariser.predict(
         models.adapters, [d.text for d in docs], chunks=[[(c.start, c.end) for c in d.chunks] for d in docs]
     )
     for doc, label, summary in zip(docs, own_labels, own_summaries):
-        assert_same_labels(shared.labels[doc.id], separate.labels[doc.id], thresholds)
-        assert_same_labels(shared.labels[doc.id], label, thresholds)
-        assert shared.summaries[doc.id] == separate.summaries[doc.id] == summary and summary
+        assert_same_labels(shared.outputs["classify"][doc.id], separate.outputs["classify"][doc.id], thresholds)
+        assert_same_labels(shared.outputs["classify"][doc.id], label, thresholds)
+        assert shared.outputs["summarise"][doc.id] == separate.outputs["summarise"][doc.id] == summary and summary.text
 
     report = enrich_batch(settings, models, ids, batch_size=8)
     assert (report.embedded, report.tagged, report.summarised) == (chunks, 12, 12)
@@ -189,11 +195,12 @@ def test_enrichment_shares_one_lower_layer_pass_per_batch_and_matches_each_task(
     # `kb tag` / `kb summarise` read a document exactly as enrichment does (a file: the chunks ingest would cut)
     doc = docs[3]
     tagged = tag_document(settings, str(doc.id), models)
-    assert_same_labels({k: tagged[k] for k in ("category", "category_score", "tags")}, shared.labels[doc.id], thresholds)
-    assert summarise_document(settings, str(doc.id), models)["summary"] == shared.summaries[doc.id]
+    assert_same_labels({k: tagged[k] for k in ("category", "category_score", "tags")},
+                       shared.outputs["classify"][doc.id], thresholds)
+    assert summarise_document(settings, str(doc.id), models)["summary"] == shared.outputs["summarise"][doc.id].text
     with session_factory(settings)() as s:
         path = s.get(Document, doc.id).path
-    assert summarise_file(settings, Path(path), models)["summary"] == shared.summaries[doc.id]
+    assert summarise_file(settings, Path(path), models)["summary"] == shared.outputs["summarise"][doc.id].text
 
 
 def test_a_decoder_keeps_its_abstractive_summariser_beside_the_shared_pass(settings, tmp_path):
@@ -203,15 +210,15 @@ def test_a_decoder_keeps_its_abstractive_summariser_beside_the_shared_pass(setti
     for outcome in train_tasks(settings, ["classify", "summarise"], backbone=backbone, train_config=cfg):
         assert outcome.trained and outcome.status == "active", outcome.message
     models = load_task_models(settings, backbone)
-    assert models.classifier.reads_chunks and not models.summariser.reads_chunks  # abstractive: its own path
+    assert models.heads["classify"].shares_trunk() and not models.heads["summarise"].shares_trunk()  # abstractive
     [ids] = plan_enrich(settings, models).batches
     with session_factory(settings)() as s:
         docs = load_work(s, models, ids)
     out = shared_pass(models, docs)
     assert set(out.stats["rows"]) == {None, "classify"}  # untuned embed and classify share the trunk
     assert out.stats["separate"] == {"classify": 0, "summarise": 6}
-    assert set(out.labels) == set(out.summaries) == {d.id for d in docs}
-    assert all(isinstance(text, str) for text in out.summaries.values())
+    assert set(out.outputs["classify"]) == set(out.outputs["summarise"]) == {d.id for d in docs}
+    assert all(isinstance(summary.text, str) for summary in out.outputs["summarise"].values())
 
 
 @pytest.fixture

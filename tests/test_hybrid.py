@@ -36,8 +36,10 @@ DOCS = {
     "ticket": "Ticket INC-77215 tracks the outage of the payroll export job last Monday.",
     "closed-ticket": "Ticket IC-77255 is closed.",
     # everyday documents, found by meaning
-    "vpn": "Install the corporate VPN client, sign in with your badge number and approve the push prompt on your phone.",
-    "bicycle": "Staff who ride a bicycle to the office receive a monthly allowance of forty euros, paid with the salary.",
+    "vpn": "Install the corporate VPN client, sign in with your badge number and approve the push prompt on "
+           "your phone.",
+    "bicycle": "Staff who ride a bicycle to the office receive a monthly allowance of forty euros, paid with "
+               "the salary.",
     "parents": "New parents may take up to sixteen weeks away at full pay after a birth or an adoption.",
     "alarm": "Twice a year the alarm sounds and everyone leaves the building by the nearest stairs, then gathers in "
              "the car park.",

@@ -10,7 +10,8 @@ import pytest
 from sqlalchemy import event, func, select
 from sqlalchemy.exc import IntegrityError
 
-from kb_pipeline.ingest.pipeline import IngestPathError, ingest
+from kb_pipeline.errors import IngestPathError
+from kb_pipeline.ingest.pipeline import ingest
 from kb_pipeline.store import repo
 from kb_pipeline.store.db import get_engine, session_factory
 from kb_pipeline.store.schema import Chunk, Document, DocumentAcl, GoldLabel, GoldTag, IngestError, Source

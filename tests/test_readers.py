@@ -28,14 +28,13 @@ from kb_pipeline.ingest.readers import (
     IN_PROCESS_MAX_BYTES,
     SUPPORTED_SUFFIXES,
     ParsedDocument,
-    ReadError,
-    SandboxedReader,
     _h1_title,
     is_supported,
-    normalise_text,
     parses_in_process,
     read_document,
 )
+from kb_pipeline.ingest.sandbox import SandboxedReader
+from kb_pipeline.ingest.text_utils import ReadError, normalise_text
 
 MAX = 5 * 1024 * 1024
 
@@ -508,7 +507,7 @@ def test_sandbox_read_many_keeps_order_and_mixes_results(tmp_path):
         results = list(sandbox.read_many(iter(paths)))
         assert sandbox.read(paths[0]).title == "Doc 0"  # reusable after read_many
     assert [path for path, _ in results] == paths
-    for i, (path, result) in enumerate(results[:-1]):
+    for i, (_path, result) in enumerate(results[:-1]):
         if i % 4 == 3:
             assert isinstance(result, ReadError) and result.kind == "invalid_utf8"
         else:

@@ -36,7 +36,8 @@ def labelled_corpus(root: Path, per_category: int = 8) -> Path:
             body = " ".join(f"{summary} Step {j} of the {word} process number {i}." for j in range(6))
             front = (f"---\ntitle: {word.title()} guide {i}\ncategory: {category}\ntags: [{', '.join(tags)}]\n"
                      f"summary: {summary}\n---\n")
-            (root / f"{category}-{i}.md").write_text(f"{front}# {word.title()} guide {i}\n\n{body}\n\n## Details\n\n{body}\n")
+            text = f"{front}# {word.title()} guide {i}\n\n{body}\n\n## Details\n\n{body}\n"
+            (root / f"{category}-{i}.md").write_text(text)
     return root
 
 
@@ -81,7 +82,7 @@ def test_saved_adapter_reloads_to_identical_predictions(kb):
     [outcome] = train_tasks(kb, ["classify"], backbone=backbone, train_config=QUICK)
     with session_factory(kb)() as s:
         path = Path(s.get(AdapterVersion, outcome.version).path)
-    from kb_pipeline.training.classify import Classifier
+    from kb_pipeline.tasks.classify import Classifier
 
     with session_factory(kb)() as s:
         texts = [e.text for e in datasets.classify_data(s).val]

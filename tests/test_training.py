@@ -11,18 +11,15 @@ import torch
 
 from kb_pipeline.backbone.adapter_files import load_adapter, save_adapter
 from kb_pipeline.backbone.adapters import AdapterConfig, AdapterSet
-from kb_pipeline.training.classify import Classifier, train_classify
-from kb_pipeline.training.embed import embed_texts, train_embed
-from kb_pipeline.training.loop import TrainConfig
-from kb_pipeline.training.summarise import (
-    Summariser,
-    lead_summary,
-    oracle_labels,
-    split_sentences,
-    train_summarise,
-    within_budget,
-)
-from kb_pipeline.training.tasks import ClassifyExample, InsufficientData, Pair, SummaryExample
+from kb_pipeline.tasks.classify import Classifier, Labels
+from kb_pipeline.tasks.embed import embed_texts
+from kb_pipeline.tasks.spec import TrainConfig
+from kb_pipeline.tasks.summarise import Summariser, Summary, lead_summary, split_sentences, within_budget
+from kb_pipeline.training.base import ClassifyExample, InsufficientData, Pair, SummaryExample
+from kb_pipeline.training.classify import train as train_classify
+from kb_pipeline.training.embed import train as train_embed
+from kb_pipeline.training.summarise import oracle_labels
+from kb_pipeline.training.summarise import train as train_summarise
 from tiny_models import tiny_backbone
 
 # tiny matrices: thread hand-offs cost far more than the maths, badly so on a busy 2-core machine
@@ -133,9 +130,9 @@ def test_classify_learns_and_predicts(adapters, kind):
     predictions = Classifier.from_tensors(result.head_state, config).predict(adapters, [d.text for d in data[:5]])
     assert len(predictions) == 5
     for p in predictions:
-        assert set(p) == {"category", "category_score", "tags"}
-        assert p["category"] in ("finance", "it") and 0.0 <= p["category_score"] <= 1.0
-        assert all(tag == "urgent" and 0.0 <= score <= 1.0 for tag, score in p["tags"])
+        assert isinstance(p, Labels)
+        assert p.category in ("finance", "it") and 0.0 <= p.category_score <= 1.0
+        assert all(tag == "urgent" and 0.0 <= score <= 1.0 for tag, score in p.tags)
     assert Classifier.from_result(result).predict(adapters, []) == []
 
 
@@ -184,7 +181,9 @@ def test_embed_learns_and_reports_baseline(adapters, kind):
     assert result.primary_metric == "ndcg@10"
     for name in ("ndcg@10", "recall@10", "mrr@10"):
         assert 0.0 <= result.metrics[name] <= 1.0 and 0.0 <= result.baseline[name] <= 1.0
-    assert result.metrics["beats_baseline"] == (result.metrics["ndcg@10"] >= result.baseline["ndcg@10"])
+    # tuning on these pairs ranks their passages better than the untuned backbone does
+    assert result.metrics["ndcg@10"] > result.baseline["ndcg@10"], (result.metrics, result.baseline)
+    assert result.metrics["beats_baseline"] is True
 
     tuned = embed_texts(adapters, ["alpha", "password backup", "x y z"])
     plain = embed_texts(adapters, ["alpha", "password backup", "x y z"], task=None)
@@ -242,10 +241,10 @@ def test_summarise_learns_and_summarises(adapters, kind):
     summariser = Summariser.from_tensors(result.head_state, json.loads(json.dumps(result.head_config)))
     texts = [d.text for d in data[:2]]
     summaries = summariser.predict(adapters, texts)
-    assert len(summaries) == 2 and all(isinstance(s, str) for s in summaries)
+    assert len(summaries) == 2 and all(isinstance(s, Summary) for s in summaries)
     if mode == "extractive":  # extractive summaries are whole sentences of their document
         for text, summary in zip(texts, summaries):
-            assert summary and all(s.text in text for s in split_sentences(summary))
+            assert summary.text and all(s.text in text for s in split_sentences(summary.text))
 
 
 def test_summarise_insufficient_data():
@@ -271,11 +270,32 @@ def test_result_saves_and_reloads_with_adapter(tmp_path):
     assert Classifier.from_tensors(heads, meta).predict(fresh, texts) == expected
 
 
+def test_an_adapter_saved_in_an_older_head_format_asks_to_be_retrained(tmp_path):
+    from kb_pipeline.tasks.registry import TASKS, load_task
+    from kb_pipeline.tasks.spec import HEAD_FORMAT, StaleAdapter
+
+    backbone = tiny_backbone("bert")
+    adapters = AdapterSet(backbone)
+    data = classify_data(12)
+    result = train_classify(adapters, data[:8], data[8:], adapter_config("lora"), tiny_cfg(epochs=1))
+    texts = [d.text for d in data[:3]]
+    expected = Classifier.from_result(result).predict(adapters, texts)
+    old = {"head": result.head_config, "task": "classify"}  # what versions before HEAD_FORMAT 2 saved
+    save_adapter(adapters, "classify", tmp_path / "old", extra_tensors=result.head_state, meta=old)
+    save_adapter(adapters, "classify", tmp_path / "new", extra_tensors=result.head_state,
+                 meta=old | {"head_format": HEAD_FORMAT})
+    fresh = AdapterSet(backbone)
+    with pytest.raises(StaleAdapter, match=r"classify version 7 was saved in an older format.*`kb train classify`"):
+        load_task(fresh, TASKS["classify"], tmp_path / "old", version_id=7)
+    loaded = load_task(fresh, TASKS["classify"], tmp_path / "new", version_id=8)
+    assert loaded.predict(fresh, texts) == expected
+
+
 # ----------------------------------------------------------------------------- chunk inputs (shared trunk)
 
 
 def test_sentences_are_read_in_the_first_chunk_that_holds_them_whole():
-    from kb_pipeline.training.chunked import encode_chunks, sentence_slots
+    from kb_pipeline.tasks.chunks import encode_chunks, sentence_slots
 
     tokenizer = tiny_backbone("bert").tokenizer
     text = "Reset your password now. The backup failed. Travel needs approval."
@@ -305,15 +325,15 @@ def test_span_mean_pools_each_span_of_its_row():
 def test_extractive_summariser_scores_sentences_from_their_chunk_context():
     """A sentence's probability comes from its tokens' states in the chunk, not from the sentence alone."""
     from kb_pipeline.backbone.heads import position_features
-    from kb_pipeline.training.summarise import plan_document, slot_vectors
-    from kb_pipeline.training.chunked import encode_chunks
-    from kb_pipeline.training.tasks import pad_batch
+    from kb_pipeline.tasks.chunks import encode_chunks
+    from kb_pipeline.tasks.encoding import pad_batch, pooled_in_batches
+    from kb_pipeline.tasks.summarise import plan_document, slot_vectors
 
     adapters = AdapterSet(tiny_backbone("bert"))
     data = summary_data(6)
     result = train_summarise(adapters, data[:4], data[4:], adapter_config("lora"), tiny_cfg(epochs=1, batch_size=2))
     summariser = Summariser.from_result(result)
-    assert summariser.reads_chunks and result.head_config["input"] == "chunks"
+    assert summariser.shares_trunk() and result.head_config["input"] == "chunks"
     text = data[0].text
     chunks = [(0, len(text))]
     with adapters.using("summarise"):
@@ -327,9 +347,10 @@ def test_extractive_summariser_scores_sentences_from_their_chunk_context():
         n = len(plan.spans)
         expected = torch.sigmoid(summariser.scorer(vectors, position_features(torch.arange(n), torch.full((n,), n))))
     assert probs == pytest.approx(expected.tolist(), abs=1e-6)
-    with adapters.using("summarise"):  # the pre-chunk path (older versions) encodes each sentence on its own
-        _, alone = summariser.sentence_probs(adapters, text)
-    assert alone != pytest.approx(probs, abs=1e-4)
+    with adapters.using("summarise"), torch.no_grad():  # each sentence encoded on its own scores differently
+        alone_vectors = pooled_in_batches(adapters, [s.text for s in plan.spans], 64, "mean")
+        alone = torch.sigmoid(summariser.scorer(alone_vectors, position_features(torch.arange(n), torch.full((n,), n))))
+    assert alone.tolist() != pytest.approx(probs, abs=1e-4)
 
 
 def test_classifier_pools_the_first_chunks_of_a_document():
@@ -338,11 +359,11 @@ def test_classifier_pools_the_first_chunks_of_a_document():
     chunked = [ClassifyExample(e.text, e.category, e.tags, (e.text, "the team report plan")) for e in data]
     result = train_classify(adapters, chunked[:8], chunked[8:], adapter_config("lora"), tiny_cfg(epochs=1))
     classifier = Classifier.from_result(result)
-    assert classifier.reads_chunks and classifier.first_chunks == result.head_config["first_chunks"] >= 2
+    assert classifier.shares_trunk() and classifier.first_chunks == result.head_config["first_chunks"] >= 2
     texts = [e.text for e in data[:4]]
     chunks = [[t, "the team report plan", "x y"] for t in texts]
     by_chunks = classifier.predict(adapters, ["ignored"] * 4, chunks=chunks)
-    from kb_pipeline.training.classify import pooled_groups_in_batches
+    from kb_pipeline.tasks.classify import pooled_groups_in_batches
 
     with adapters.using("classify"):
         x = pooled_groups_in_batches(adapters, [[t, "the team report plan"] for t in texts], 64, "mean")

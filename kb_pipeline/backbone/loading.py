@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import functools
 import hashlib
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterator
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
@@ -121,7 +122,21 @@ class Backbone:
     hidden_size: int
     num_parameters: int
     max_length: int
-    _adapter_set: object | None = field(default=None, init=False, repr=False)  # the AdapterSet installed on it
+    _adapter_set: object | None = field(default=None, init=False, repr=False)
+
+    @property
+    def adapter_set(self) -> object | None:
+        """The AdapterSet installed on this backbone (at most one is live), or None."""
+        return self._adapter_set
+
+    def attach_adapter_set(self, adapter_set: object) -> None:
+        """Record `adapter_set` as the live one; the caller has closed the previous one."""
+        self._adapter_set = adapter_set
+
+    def detach_adapter_set(self, adapter_set: object) -> None:
+        """Forget `adapter_set` if it is still the live one (a newer set may have taken over)."""
+        if self._adapter_set is adapter_set:
+            self._adapter_set = None
 
     def transformer_layers(self) -> nn.ModuleList:
         return find_transformer_layers(self.model, self.num_layers)[1]
@@ -178,7 +193,6 @@ def load_backbone(name: str = "minilm", models_dir: Path | None = None) -> Backb
 @functools.lru_cache(maxsize=4)
 def _load_backbone(name: str, models_dir: str | None) -> Backbone:
     from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
-
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # our own progress bars own stderr

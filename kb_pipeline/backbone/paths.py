@@ -5,15 +5,13 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from kb_pipeline.errors import BackboneError
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 PACKAGED_BACKBONES = ("minilm", "smollm2")
-
-
-class BackboneError(RuntimeError):
-    """The configured backbone cannot be found or loaded; the message says which and why."""
 
 
 def minilm_path() -> Path:

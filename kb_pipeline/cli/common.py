@@ -6,16 +6,20 @@ import functools
 import json
 import re
 import sys
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import typer
 from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from kb_pipeline.config import ConfigError, Settings
+from kb_pipeline.config import Settings
+from kb_pipeline.errors import KBError, UsageError
 
-app = typer.Typer(help="Turn a folder of documents into a searchable, auto-tagged knowledge base.", no_args_is_help=True)
+app = typer.Typer(
+    help="Turn a folder of documents into a searchable, auto-tagged knowledge base.", no_args_is_help=True
+)
 # Documents' titles, tags, summaries and paths are untrusted data: no emoji codes (":smile:" and
 # "root:x:0:0" stay text), no highlighting; markup only where our own code writes it, with data
 # passed through `data()` (or printed with markup=False after `clean()`).
@@ -58,32 +62,20 @@ def data(value: object, multiline: bool = False) -> str:
     return escape(clean(value, multiline))
 
 
-class UserError(Exception):
-    """An error whose message is meant for the user as is (exit code 1, no traceback)."""
-
-
-def _user_errors() -> tuple[type[BaseException], ...]:
-    from kb_pipeline.backbone.paths import BackboneError
-    from kb_pipeline.ingest.pipeline import IngestPathError
-    from kb_pipeline.serving.access import UnknownUser
-    from kb_pipeline.store.db import SchemaError
-
-    return (UserError, ConfigError, SchemaError, IngestPathError, BackboneError, UnknownUser, *EXTRA_USER_ERRORS)
-
-
-EXTRA_USER_ERRORS: list[type[BaseException]] = []  # command modules add their own error types
+UserError = UsageError  # the name command modules raise for bad arguments
 
 
 def command(fn: Callable) -> Callable:
-    """Register a command that turns known errors into one clear line on stderr and exit code 1."""
+    """Register a command: a KBError becomes one clear line on stderr and its exit code; other errors are bugs
+    and keep their traceback."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
-        except _user_errors() as exc:
-            err.print(f"[red]error:[/red] {data(exc)}", highlight=False, soft_wrap=True)
-            raise typer.Exit(1) from None
+        except KBError as exc:
+            err.print(f"[red]error:[/red] {data(exc.message)}", highlight=False, soft_wrap=True)
+            raise typer.Exit(exc.exit_code) from None
 
     return wrapper
 
@@ -123,8 +115,6 @@ def progress_bar() -> Progress:
         TimeRemainingColumn(),
         console=err,
     )
-
-
 
 
 def safe_url(url: str) -> str:

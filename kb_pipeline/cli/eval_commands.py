@@ -5,17 +5,22 @@ from __future__ import annotations
 import json
 import shlex
 from pathlib import Path
-from typing import Optional
 
 import typer
 
 from kb_pipeline.cli.common import (
-    EXTRA_USER_ERRORS, JsonOpt, app, clean, command, data, emit_json, err, out, progress_bar, settings,
+    JsonOpt,
+    app,
+    clean,
+    command,
+    data,
+    emit_json,
+    err,
+    out,
+    progress_bar,
+    settings,
 )
 from kb_pipeline.cli.train_commands import KindChoice
-from kb_pipeline.evaluation.errors import EvalError
-
-EXTRA_USER_ERRORS.append(EvalError)
 
 
 @app.command("eval")
@@ -23,12 +28,12 @@ EXTRA_USER_ERRORS.append(EvalError)
 def eval_(
     path: Path = typer.Argument(..., help="Folder of documents with front matter `category`, `tags`, `summary`."),
     out_dir: Path = typer.Option(Path("kb-eval"), "--out", help="Where report.md, metrics.json and the plots go."),
-    test_glob: Optional[str] = typer.Option(
+    test_glob: str | None = typer.Option(
         None, "--test-glob", help="Hold out the documents whose relative path matches (instead of a hashed 20%)."
     ),
     test_share: float = typer.Option(0.2, "--test-share", min=0.01, max=0.9, help="Share of each category held out."),
-    epochs: Optional[int] = typer.Option(None, "--epochs", min=1, help="Maximum epochs per task."),
-    kind: Optional[KindChoice] = typer.Option(None, "--kind", help="Adapter kind (default: lora)."),
+    epochs: int | None = typer.Option(None, "--epochs", min=1, help="Maximum epochs per task."),
+    kind: KindChoice | None = typer.Option(None, "--kind", help="Adapter kind (default: lora)."),
     keep_scratch: bool = typer.Option(False, "--keep-scratch", help="Keep the temporary KB (its path is printed)."),
     json_out: bool = JsonOpt,
 ) -> None:
@@ -91,7 +96,7 @@ def _print_summary(m: dict) -> None:
         f"TF-IDF + LR {f(tfidf['accuracy'])} / {f(tfidf['macro_f1'])})",
         highlight=False,
     )
-    for key, entry in s.get("modes", {}).items():
+    for entry in s.get("modes", {}).values():
         if entry:
             out.print(f"search {entry['label']}: nDCG@10 {f(entry['ndcg@10'])}, Recall@1 {f(entry['recall@1'])}",
                       highlight=False)

@@ -10,14 +10,10 @@ from typing import List, Optional
 import typer
 
 from kb_pipeline.cli.common import (
-    EXTRA_USER_ERRORS, JsonOpt, UserError, UserOpt, app, command, clean, data, emit_json, err, out, progress_bar,
+    JsonOpt, UserError, UserOpt, app, command, clean, data, emit_json, err, out, progress_bar,
     ready_settings,
 )
-from kb_pipeline.indexing.errors import IndexNotBuilt, IndexWriteError
-from kb_pipeline.serving.errors import NotAvailable
-from kb_pipeline.serving.search import SearchError
 
-EXTRA_USER_ERRORS.extend([SearchError, NotAvailable, IndexNotBuilt, IndexWriteError])
 
 index_app = typer.Typer(help="Check or rebuild the FAISS index.", no_args_is_help=True)
 users_app = typer.Typer(help="Users and the groups that grant access to restricted documents.", invoke_without_command=True)

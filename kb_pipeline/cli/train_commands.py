@@ -2,32 +2,30 @@
 
 from __future__ import annotations
 
-from enum import Enum
-from typing import Optional
+from enum import StrEnum
 
 import typer
 from rich.table import Table
 from rich.text import Text
 
 from kb_pipeline.cli.common import (
-    EXTRA_USER_ERRORS, JsonOpt, app, command, clean, data, emit_json, err, out, progress_bar, ready_settings,
+    JsonOpt,
+    app,
+    clean,
+    command,
+    data,
+    emit_json,
+    err,
+    out,
+    progress_bar,
+    ready_settings,
 )
-from kb_pipeline.training.registry import TASKS, RegistryError
-
-EXTRA_USER_ERRORS.append(RegistryError)
 
 adapters_app = typer.Typer(help="List, promote and roll back adapter versions.", invoke_without_command=True)
 app.add_typer(adapters_app, name="adapters")
 
 
-class TaskChoice(str, Enum):
-    classify = "classify"
-    embed = "embed"
-    summarise = "summarise"
-    all = "all"
-
-
-class KindChoice(str, Enum):
+class KindChoice(StrEnum):
     lora = "lora"
     bottleneck = "bottleneck"
 
@@ -35,16 +33,17 @@ class KindChoice(str, Enum):
 @app.command()
 @command
 def train(
-    task: TaskChoice = typer.Argument(..., help="classify, embed, summarise or all."),
-    kind: Optional[KindChoice] = typer.Option(None, "--kind", help="Adapter kind (default: lora)."),
-    epochs: Optional[int] = typer.Option(None, "--epochs", min=1, help="Maximum epochs (early stopping may end sooner)."),
+    task: str = typer.Argument(..., help="A registered task (classify, embed, summarise, ...) or all."),
+    kind: KindChoice | None = typer.Option(None, "--kind", help="Adapter kind (default: lora)."),
+    epochs: int | None = typer.Option(None, "--epochs", min=1, help="Maximum epochs (early stopping may end sooner)."),
     json_out: bool = JsonOpt,
 ) -> None:
     """Train task adapters on the frozen backbone; a version goes live only if it is at least as good."""
+    from kb_pipeline.tasks.registry import TASKS, get_task
     from kb_pipeline.training.service import train_tasks
 
     s = ready_settings()
-    tasks = list(TASKS) if task is TaskChoice.all else [task.value]
+    tasks = list(TASKS) if task == "all" else [get_task(task).name]
     with progress_bar() as bar:
         bars = {t: bar.add_task(t, total=None, detail="waiting") for t in tasks}
 
@@ -59,7 +58,7 @@ def train(
     missing = [o for o in outcomes if not o.trained]
     for o in missing:
         err.print(f"[yellow]{o.task} not trained:[/yellow] {data(o.message)}", highlight=False)
-    if missing and (task is not TaskChoice.all or len(missing) == len(outcomes)):
+    if missing and (task != "all" or len(missing) == len(outcomes)):
         raise typer.Exit(1)
 
 
@@ -93,11 +92,11 @@ def adapters(ctx: typer.Context, json_out: bool = JsonOpt) -> None:
     if ctx.invoked_subcommand is not None:
         return
     from kb_pipeline.store.db import session_factory
-    from kb_pipeline.training import registry
+    from kb_pipeline.store.queries import list_versions
 
     s = ready_settings()
     with session_factory(s)() as session:
-        rows = [_version_dict(v) for v in registry.list_versions(session)]
+        rows = [_version_dict(v) for v in list_versions(session)]
     if json_out:
         emit_json(rows)
         return
@@ -119,7 +118,9 @@ def adapters(ctx: typer.Context, json_out: bool = JsonOpt) -> None:
 
 @adapters_app.command()
 @command
-def promote(version: int = typer.Argument(..., help="Version id from `kb adapters`."), json_out: bool = JsonOpt) -> None:
+def promote(
+    version: int = typer.Argument(..., help="Version id from `kb adapters`."), json_out: bool = JsonOpt
+) -> None:
     """Make a version active by hand (retires the task's current active version)."""
     from kb_pipeline.store.db import session_factory
     from kb_pipeline.training import registry
@@ -133,8 +134,8 @@ def promote(version: int = typer.Argument(..., help="Version id from `kb adapter
 @adapters_app.command()
 @command
 def rollback(
-    task: str = typer.Argument(..., help="classify, embed or summarise."),
-    backbone_hash: Optional[str] = typer.Option(None, "--backbone-hash", help="Only needed with several backbones."),
+    task: str = typer.Argument(..., help="A registered task: classify, embed, summarise, ..."),
+    backbone_hash: str | None = typer.Option(None, "--backbone-hash", help="Only needed with several backbones."),
     json_out: bool = JsonOpt,
 ) -> None:
     """Retire the active version of TASK and bring back the one active before it."""

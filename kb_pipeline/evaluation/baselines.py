@@ -2,8 +2,9 @@
 
 | baseline | scored on | what it does |
 | --- | --- | --- |
-| majority | category accuracy / F1; tags F1 | the most common training category; the most common training tag set |
-| TF-IDF + LR | category accuracy / F1; tags F1 | word 1-2-gram TF-IDF, logistic regression (tags: one per tag, thresholds tuned by 3-fold CV) |
+| majority | category accuracy / F1; tags F1 | the most common training category; the most common tag set |
+| TF-IDF + LR | category accuracy / F1; tags F1 | word 1-2-gram TF-IDF, logistic regression (tags: one per tag, |
+| | | thresholds tuned by 3-fold CV) |
 | BM25 | search | Okapi BM25 over whole document texts (rank_bm25), the summary as the query |
 | untuned backbone | search | dense and hybrid search with the backbone's own mean-pooled embeddings (in run.py) |
 | lead | summaries | the first sentences within the summariser's budget |
@@ -16,25 +17,11 @@ from __future__ import annotations
 
 import warnings
 from collections import Counter
-from typing import Sequence
+from collections.abc import Sequence
 
+from kb_pipeline.tasks.classify import MIN_TAG_COUNT
+from kb_pipeline.tasks.summarise import lead_summary
 from kb_pipeline.training.metrics import tokenize
-
-MIN_TAG_COUNT = 2  # as the classify adapter: a tag seen once in training cannot be learnt
-
-
-def majority_category(train_categories: Sequence[str]) -> str:
-    """The most common category; ties go to the alphabetically first, so the choice is reproducible."""
-    counts = Counter(train_categories)
-    return min(counts, key=lambda c: (-counts[c], c))
-
-
-def majority_tagset(train_tagsets: Sequence[Sequence[str]]) -> frozenset[str]:
-    """The most common exact set of tags among training documents (ties: the smaller, then sorted first)."""
-    counts = Counter(frozenset(tags) for tags in train_tagsets)
-    if not counts:
-        return frozenset()
-    return min(counts, key=lambda s: (-counts[s], len(s), sorted(s)))
 
 
 def _vectorizer():
@@ -43,7 +30,9 @@ def _vectorizer():
     return TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True, min_df=1, max_features=100_000, lowercase=True)
 
 
-def tfidf_logreg_categories(train_texts: Sequence[str], train_categories: Sequence[str], test_texts: Sequence[str]) -> list[str]:
+def tfidf_logreg_categories(
+    train_texts: Sequence[str], train_categories: Sequence[str], test_texts: Sequence[str]
+) -> list[str]:
     """TF-IDF features + multinomial logistic regression (C=10, lbfgs)."""
     from sklearn.linear_model import LogisticRegression
 
@@ -104,7 +93,9 @@ def _tag_probabilities(x_fit, y_fit, x_score):
     return out
 
 
-def bm25_rankings(doc_ids: Sequence[int], doc_texts: Sequence[str], queries: Sequence[str], k: int = 10) -> list[list[int]]:
+def bm25_rankings(
+    doc_ids: Sequence[int], doc_texts: Sequence[str], queries: Sequence[str], k: int = 10
+) -> list[list[int]]:
     """Top-k document ids per query under Okapi BM25 (k1=1.5, b=0.75), ties broken by id."""
     from rank_bm25 import BM25Okapi
 
@@ -120,6 +111,4 @@ def bm25_rankings(doc_ids: Sequence[int], doc_texts: Sequence[str], queries: Seq
 
 def lead_summaries(texts: Sequence[str]) -> list[str]:
     """The first sentences within the extractive summariser's budget (3 sentences, 60 words)."""
-    from kb_pipeline.training.summarise import lead_summary
-
     return [lead_summary(text) for text in texts]

@@ -1,5 +1,5 @@
-"""The one error type of `kb eval`, importable without torch so the CLI can register it at start-up."""
+"""The error of `kb eval` (defined with every other user-facing error in kb_pipeline.errors); no torch needed."""
 
+from kb_pipeline.errors import EvalError
 
-class EvalError(ValueError):
-    """The corpus cannot be evaluated as asked (too few labels, a test glob matching nothing); says why."""
+__all__ = ["EvalError"]

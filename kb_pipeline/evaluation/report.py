@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 
 def _f(value, digits: int = 3) -> str:
@@ -37,7 +37,8 @@ def render_report(m: dict) -> str:
         f"train {split['train']}, test {split['test']} ({split['method']}). "
         f"Test documents with a category: {split['test_with_category']}, with tags: {split['test_with_tags']}, "
         f"with a summary: {split['test_with_summary']}.",
-        f"- **Backbone:** {_backbone_name(m['backbone'])} ({m['backbone']['family']}, {m['backbone']['layers']} layers, "
+        f"- **Backbone:** {_backbone_name(m['backbone'])} ({m['backbone']['family']}, "
+        f"{m['backbone']['layers']} layers, "
         f"{m['backbone']['parameters']:,} parameters, adapters on the top {m['backbone']['adapted_layers']}), "
         f"weights hash `{m['backbone']['weights_hash']}`",
         f"- **Time:** {m['seconds']['total']:.0f} s "
@@ -84,7 +85,8 @@ def _summary_table(m: dict) -> list[str]:
                      f"BM25 {_f(_get(modes, 'bm25', 'ndcg@10'))}; untuned dense "
                      f"{_f(_get(modes, 'dense_untuned', 'ndcg@10'))}; keyword {_f(_get(modes, 'keyword', 'ndcg@10'))}"))
     if r.get("n"):
-        rows.append(("summary ROUGE-L", _get(r, "model", "rougeL"), f"lead {_f(_get(r, 'baselines', 'lead', 'rougeL'))}"))
+        lead = _f(_get(r, "baselines", "lead", "rougeL"))
+        rows.append(("summary ROUGE-L", _get(r, "model", "rougeL"), f"lead {lead}"))
     return ["## Summary", ""] + _table(("metric", "kb-pipeline", "baselines"), rows)
 
 
@@ -188,9 +190,11 @@ def _training(t: dict) -> list[str]:
         cfg = info.get("train_config") or {}
         rows.append((
             task, f"v{info['version']} {info['status']} ({info['kind']})",
-            f"{len(info.get('losses', []))} steps, max {cfg.get('epochs', '?')} epochs, best epoch {info.get('best_epoch')}",
+            f"{len(info.get('losses', []))} steps, max {cfg.get('epochs', '?')} epochs, "
+            f"best epoch {info.get('best_epoch')}",
             f"{info.get('train_documents')}/{info.get('val_documents')}",
-            f"{metric} {info['validation'].get(metric, 0):.3f} (baseline {info['validation_baseline'].get(metric, 0):.3f})",
+            f"{metric} {info['validation'].get(metric, 0):.3f} "
+            f"(baseline {info['validation_baseline'].get(metric, 0):.3f})",
             f"{info['seconds']:.0f} s", info["message"],
         ))
     lines += _table(("task", "version", "schedule", "train/val docs", "validation", "time", "gate"), rows)

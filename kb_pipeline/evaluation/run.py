@@ -15,10 +15,10 @@ import json
 import platform
 import subprocess
 import time
-from datetime import datetime, timezone
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
-from typing import Callable, Sequence
 
 from kb_pipeline.config import Settings
 from kb_pipeline.evaluation.errors import EvalError
@@ -62,14 +62,15 @@ def run_eval(
     stages = _Stages(on_stage)
     metrics: dict = {
         "schema_version": SCHEMA_VERSION,
-        "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "command": command or f"run_eval({str(source)!r}, {str(out_dir)!r})",
         "source": str(source),
         "out_dir": str(out_dir),
         "notes": [],
     }
 
-    from kb_pipeline.evaluation import scoring, scratch as sk
+    from kb_pipeline.evaluation import scoring
+    from kb_pipeline.evaluation import scratch as sk
     from kb_pipeline.ingest.pipeline import ingest
 
     with sk.scratch_kb(settings, keep=keep_scratch) as scratch:
@@ -90,7 +91,7 @@ def run_eval(
         sk.withhold_labels(scratch, sorted(test_ids))
 
         stages("train")
-        from kb_pipeline.training.registry import TASKS
+        from kb_pipeline.tasks.registry import TASKS
         from kb_pipeline.training.service import train_tasks
 
         backbone = backbone or _load_backbone(settings, scratch)
@@ -138,7 +139,8 @@ def _import_everything() -> None:
     import importlib
 
     for module in ("kb_pipeline.ingest.pipeline", "kb_pipeline.training.service", "kb_pipeline.serving.enrich",
-                   "kb_pipeline.serving.search", "kb_pipeline.indexing.vector_index", "kb_pipeline.evaluation.baselines",
+                   "kb_pipeline.serving.search", "kb_pipeline.indexing.vector_index",
+                   "kb_pipeline.evaluation.baselines",
                    "kb_pipeline.evaluation.plots", "kb_pipeline.evaluation.report", "sklearn.linear_model",
                    "sklearn.feature_extraction.text", "rank_bm25", "matplotlib.backends.backend_agg"):
         importlib.import_module(module)
@@ -207,7 +209,9 @@ def _backbone_info(settings: Settings, scratch: Settings, backbone) -> dict:
 def _split_info(docs: Sequence[GoldDoc], train: Sequence[GoldDoc], test: Sequence[GoldDoc], share: float,
                 test_glob: str | None) -> dict:
     return {
-        "method": f"--test-glob {test_glob!r}" if test_glob else f"hash of the relative path, {share:.0%} of each category",
+        "method": (
+            f"--test-glob {test_glob!r}" if test_glob else f"hash of the relative path, {share:.0%} of each category"
+        ),
         "test_share": None if test_glob else share,
         "test_glob": test_glob,
         "documents": len(docs),
@@ -271,20 +275,12 @@ def _enrich(scratch: Settings, backbone, outcomes: dict, history: dict, train: S
 
 
 def _enrich_with(scratch: Settings, models, outcomes: dict, history: dict, train: Sequence[GoldDoc]):
-    from kb_pipeline.backbone.adapter_files import load_adapter
     from kb_pipeline.evaluation.scratch import hidden
     from kb_pipeline.serving.enrich import TaskModels, enrich
-    from kb_pipeline.training.classify import Classifier
-    from kb_pipeline.training.summarise import Summariser
 
     for task, outcome in outcomes.items():
         if outcome.trained and task not in models.versions and task in history:
-            _, head, meta = load_adapter(models.adapters, Path(history[task]["path"]), task=task)
-            models.versions[task] = outcome.version
-            if task == "classify":
-                models.classifier = Classifier.from_tensors(head, meta["head"])
-            elif task == "summarise":
-                models.summariser = Summariser.from_tensors(head, meta["head"])
+            models.add(task, outcome.version, Path(history[task]["path"]))  # a candidate the gate kept back
     with hidden(scratch, [d.doc_id for d in train]):
         enrich(scratch, models=models)  # category, tags, summary (and chunk vectors) of the test documents only
     tuned = TaskModels(models.adapters, {"embed": models.versions["embed"]}) if "embed" in models.versions else None
@@ -358,7 +354,9 @@ def _git_commit() -> str | None:
     if not (root / ".git").exists():
         return None
     try:
-        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True, timeout=5)
+        head = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True, timeout=5
+        )
         dirty = subprocess.run(["git", "status", "--porcelain", "--", "kb_pipeline"], cwd=root, capture_output=True,
                                text=True, timeout=5)
     except (OSError, subprocess.SubprocessError):

@@ -8,11 +8,11 @@ document per query; ROUGE is the mean of per-document F-measures.
 
 from __future__ import annotations
 
-from typing import Hashable, Sequence
+from collections.abc import Hashable, Sequence
 
 from kb_pipeline.config import Settings
 from kb_pipeline.evaluation.split import GoldDoc
-
+from kb_pipeline.training.baselines import most_frequent_category, most_frequent_tagset
 from kb_pipeline.training.metrics import (
     accuracy,
     confusion_matrix,
@@ -84,7 +84,7 @@ def score_classification(train: Sequence[GoldDoc], test: Sequence[GoldDoc], pred
     from collections import Counter
 
     from kb_pipeline.evaluation import baselines
-    from kb_pipeline.training.datasets import model_input
+    from kb_pipeline.tasks.encoding import model_input
 
     train_cat = [d for d in train if d.category]
     test_cat = [d for d in test if d.category]
@@ -104,13 +104,14 @@ def score_classification(train: Sequence[GoldDoc], test: Sequence[GoldDoc], pred
 
     if outcome.trained:
         pred = [predicted.get(d.doc_id, {}).get("category") or "(none)" for d in test_cat]
-        tags = tag_scores(tag_truth, [predicted.get(d.doc_id, {}).get("tags", ()) for d in test_tagged]) if test_tagged else None
+        tag_pred = [predicted.get(d.doc_id, {}).get("tags", ()) for d in test_tagged]
+        tags = tag_scores(tag_truth, tag_pred) if test_tagged else None
         result["model"] = {"label": "classify adapter", "category": category_scores(truth, pred, classes), "tags": tags}
     else:
         result["model_note"] = f"classify adapter not trained: {outcome.message}"
 
-    majority = baselines.majority_category([d.category for d in train_cat])
-    tagset = baselines.majority_tagset([d.tags for d in train_cat if d.tags])
+    majority = most_frequent_category([d.category for d in train_cat])
+    tagset = most_frequent_tagset([d.tags for d in train_cat if d.tags])
     result["baselines"]["majority"] = {
         "label": "majority class",
         "prediction": {"category": majority, "tags": sorted(tagset)},
@@ -150,7 +151,7 @@ def score_search(scratch: Settings, docs: Sequence[GoldDoc], test: Sequence[Gold
     """Each test document's gold summary is a query whose one relevant answer is that document."""
     from kb_pipeline.evaluation.baselines import bm25_rankings
     from kb_pipeline.evaluation.scratch import acl_groups
-    from kb_pipeline.serving.search import Filters, search
+    from kb_pipeline.serving.search import Filters, Searcher
     from kb_pipeline.store.db import session_factory
 
     queries = [(d.summary, d.doc_id) for d in test if d.summary]
@@ -169,25 +170,23 @@ def score_search(scratch: Settings, docs: Sequence[GoldDoc], test: Sequence[Gold
         return result
     filters = Filters(groups=acl_groups(scratch))  # every document is readable in an eval
     embedders = {"untuned": untuned, "tuned": tuned}
-    indexes, embeds = {}, {}
+    searchers = {}
     uri = {d.doc_id: d.uri for d in docs}
     per_query = [{"path": uri[doc_id], "ranks": {}} for doc_id in relevant]
     with session_factory(scratch)() as session:
         for name, models in embedders.items():
             if models is not None:
-                indexes[name] = _index(session, models.embed_key)
-                embeds[name] = _cached_embed(models, texts)
+                searchers[name] = Searcher(_cached_embed(models, texts), _index(session, models.embed_key))
         for key, (label, role, mode, embedder) in SEARCH_MODES.items():
             if key == "bm25":
                 rankings = bm25_rankings([d.doc_id for d in docs], [d.text for d in docs], texts, K)
-            elif embedder is not None and embedder not in indexes:
+            elif embedder is not None and embedder not in searchers:
                 result["modes"][key] = None
                 continue
             else:
-                index, embed = indexes.get(embedder), embeds.get(embedder)
+                searcher = searchers[embedder] if embedder is not None else Searcher()
                 rankings = [
-                    [r["doc_id"] for r in search(session, q, k=K, mode=mode, filters=filters, index=index, embed=embed)]
-                    for q in texts
+                    [r["doc_id"] for r in searcher.search(session, q, k=K, mode=mode, filters=filters)] for q in texts
                 ]
             result["modes"][key] = {"label": label, "role": role} | retrieval_scores(rankings, relevant, K)
             for row, ranked, doc_id in zip(per_query, rankings, relevant):
@@ -240,5 +239,6 @@ def score_summaries(test: Sequence[GoldDoc], predicted: dict, outcome) -> dict:
         ]
     else:
         result["model_note"] = f"summarise adapter not trained: {outcome.message}"
-    result["baselines"]["lead"] = {"label": "lead sentences"} | summary_scores(lead_summaries([d.text for d in scored]), refs)
+    lead = summary_scores(lead_summaries([d.text for d in scored]), refs)
+    result["baselines"]["lead"] = {"label": "lead sentences"} | lead
     return result

@@ -9,15 +9,16 @@ from __future__ import annotations
 
 import shutil
 import tempfile
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator, Sequence
 
 from sqlalchemy import delete, select, update
 
 from kb_pipeline.config import Settings
 from kb_pipeline.evaluation.split import GoldDoc
 from kb_pipeline.store.db import get_engine, session_factory, upgrade
+from kb_pipeline.store.queries import gold_tags_by_document
 from kb_pipeline.store.schema import Document, DocumentAcl, GoldLabel, GoldTag
 
 
@@ -58,9 +59,7 @@ def scratch_kb(settings: Settings, keep: bool = False) -> Iterator[Settings]:
 def read_gold(settings: Settings) -> list[GoldDoc]:
     """Every active document with its gold labels, in id order."""
     with session_factory(settings)() as session:
-        tags: dict[int, list[str]] = {}
-        for doc_id, tag in session.execute(select(GoldTag.document_id, GoldTag.tag).order_by(GoldTag.tag)):
-            tags.setdefault(doc_id, []).append(tag)
+        tags = gold_tags_by_document(session)
         rows = session.execute(
             select(Document.id, Document.uri, Document.title, Document.text, GoldLabel.category, GoldLabel.summary)
             .outerjoin(GoldLabel, GoldLabel.document_id == Document.id)

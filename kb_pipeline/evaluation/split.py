@@ -9,14 +9,14 @@ choice (fnmatch on the path relative to the corpus folder).
 
 from __future__ import annotations
 
-import hashlib
 from collections import Counter, defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
 from pathlib import Path
-from typing import Sequence
 
 from kb_pipeline.evaluation.errors import EvalError
+from kb_pipeline.training.datasets import split_fraction as hash_fraction
 
 TEST_SHARE = 0.2
 MIN_CATEGORY_DOCS = 8  # classify must still have train and validation documents after the test side is taken
@@ -41,9 +41,8 @@ class GoldDoc:
 
 
 def split_fraction(uri: str) -> float:
-    """A number in [0, 1) fixed by the relative path alone."""
-    digest = hashlib.sha256(f"kb-eval:{uri}".encode()).digest()
-    return int.from_bytes(digest[:8], "big") / 2**64
+    """A number in [0, 1) fixed by the relative path alone (the training split's hash, salted apart)."""
+    return hash_fraction(uri, salt="kb-eval")
 
 
 def check_corpus(docs: Sequence[GoldDoc], source: Path) -> None:
@@ -68,7 +67,10 @@ def choose_test(
     if test_glob:
         chosen = {d.doc_id for d in docs if d.labelled and fnmatchcase(d.uri, test_glob)}
         if not chosen:
-            raise EvalError(f"{where}--test-glob {test_glob!r} matches no labelled document (paths are relative to the corpus folder)")
+            raise EvalError(
+                f"{where}--test-glob {test_glob!r} matches no labelled document "
+                "(paths are relative to the corpus folder)"
+            )
         train_categories = {d.category for d in docs if d.category and d.doc_id not in chosen}
         if len(train_categories) < MIN_CATEGORIES:
             raise EvalError(

@@ -36,8 +36,7 @@ COMPACT_DEAD_FRACTION = 0.25  # HNSW rebuilds once this share of its slots are t
 FORMAT = 2  # 2: the sidecar carries each vector's fingerprint; 1 (none) still loads
 
 
-class IndexCorrupt(Exception):
-    """A saved index that cannot be trusted (unreadable, truncated, or not matching its sidecar)."""
+from kb_pipeline.errors import IndexCorrupt  # noqa: E402,F401  (the one error type)
 
 
 @dataclass(frozen=True)

@@ -18,30 +18,28 @@ import os
 import random
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Callable
 
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.orm import Session
 
 from kb_pipeline.backbone.tokenizer import chunk_tokenizer
 from kb_pipeline.config import Settings
+from kb_pipeline.errors import IngestPathError
 from kb_pipeline.ingest.chunking import chunk_text
 from kb_pipeline.ingest.front_matter import labels_from_metadata
-from kb_pipeline.ingest.readers import ParsedDocument, ReadError, parses_in_process
+from kb_pipeline.ingest.readers import ParsedDocument, parses_in_process
 from kb_pipeline.ingest.sandbox import SandboxedReader
 from kb_pipeline.ingest.sources import FileEntry, file_sha256, in_scope, is_unchanged_fast, scan, source_root_and_scope
+from kb_pipeline.ingest.text_utils import ReadError
 from kb_pipeline.store import repo
 from kb_pipeline.store.db import session_factory
 
 COUNT_KEYS = ("added", "updated", "unchanged", "deleted", "skipped", "errors")
 
 ProgressFn = Callable[[int, int, str], None]  # (done, total, current path)
-
-
-class IngestPathError(ValueError):
-    """An ingest path does not exist; raised before anything is written."""
 
 
 @dataclass
@@ -333,13 +331,18 @@ def _new_document(entry: FileEntry, parsed: ParsedDocument, tokenizer, settings:
         summary=labels.summary,
         acl=labels.acl,
         chunks=[
-            dict(ordinal=s.ordinal, text=s.text, char_start=s.char_start, char_end=s.char_end, token_count=s.token_count)
+            {
+                "ordinal": s.ordinal, "text": s.text, "char_start": s.char_start, "char_end": s.char_end,
+                "token_count": s.token_count,
+            }
             for s in spans
         ],
     )
 
 
-def _write_batch(Session, source_id: int, batch: list[tuple[PendingFile, repo.NewDocument]], report: IngestReport) -> None:
+def _write_batch(
+    Session, source_id: int, batch: list[tuple[PendingFile, repo.NewDocument]], report: IngestReport
+) -> None:
     """Write one batch in one transaction, retried whole if the database reports a deadlock or is busy."""
     counts = _retrying(Session, lambda session: _write_locked(session, source_id, batch))
     report.counts.update(counts)

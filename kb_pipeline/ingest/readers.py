@@ -7,8 +7,9 @@ worker processes with a memory cap and a per-file timeout; small Markdown and pl
 (`parses_in_process`) are parsed in the ingest process, where the worker round trip would cost more
 than the parse itself.
 
-This module is the public API plus the plain-text and markdown parsers; HTML lives in html_text,
-PDF/DOCX in office, the worker sandbox in sandbox and the shared text helpers in text_utils.
+This module is `read_document` plus the plain-text and markdown parsers; HTML lives in html_text,
+PDF/DOCX in office, the worker sandbox (SandboxedReader) in sandbox, and ReadError with the shared text
+helpers in text_utils: import each from its own module.
 """
 
 from __future__ import annotations
@@ -19,41 +20,11 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from kb_pipeline.ingest.front_matter import FrontMatterError, labels_from_metadata, split_front_matter
 from kb_pipeline.ingest.html_text import parse_html
-from kb_pipeline.ingest.office import ZIP_MAX_RATIO, ZIP_MAX_TOTAL_BYTES, ZIP_RATIO_MIN_BYTES, parse_docx, parse_pdf
-from kb_pipeline.ingest.text_utils import (
-    MAX_TITLE_CHARS,
-    READ_ERROR_KINDS,
-    ReadError,
-    first_line_title,
-    looks_binary,
-    megabytes,
-    normalise_text,
-)
-
-if TYPE_CHECKING:
-    from kb_pipeline.ingest.sandbox import SandboxedReader
-
-__all__ = [
-    "MAX_TITLE_CHARS",
-    "MIME_TYPES",
-    "READ_ERROR_KINDS",
-    "SUPPORTED_SUFFIXES",
-    "ZIP_MAX_RATIO",
-    "ZIP_MAX_TOTAL_BYTES",
-    "ZIP_RATIO_MIN_BYTES",
-    "ParsedDocument",
-    "ReadError",
-    "SandboxedReader",
-    "is_supported",
-    "parses_in_process",
-    "normalise_text",
-    "read_document",
-    "title_from_name",
-]
+from kb_pipeline.ingest.office import parse_docx, parse_pdf
+from kb_pipeline.ingest.text_utils import ReadError, first_line_title, looks_binary, megabytes, normalise_text
 
 MIME_TYPES = {
     ".md": "text/markdown",
@@ -70,15 +41,6 @@ SUPPORTED_SUFFIXES: frozenset[str] = frozenset(MIME_TYPES)
 # front-matter block, say, without risking the ingest process.
 IN_PROCESS_SUFFIXES: frozenset[str] = frozenset({".md", ".markdown", ".txt"})
 IN_PROCESS_MAX_BYTES = 1024 * 1024
-
-
-def __getattr__(name: str):
-    """SandboxedReader moved to kb_pipeline.ingest.sandbox; loaded on first use because it imports this module."""
-    if name == "SandboxedReader":
-        from kb_pipeline.ingest.sandbox import SandboxedReader
-
-        return SandboxedReader
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def is_supported(path: Path) -> bool:

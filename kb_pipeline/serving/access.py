@@ -22,8 +22,7 @@ from kb_pipeline.store.schema import Document
 _MAX_ID = 2**63 - 1  # larger numbers cannot be a row id (and overflow a Postgres bigint parameter)
 
 
-class UnknownUser(LookupError):
-    """`--user` names nobody; the message says how to add them."""
+from kb_pipeline.errors import UnknownUser  # noqa: E402,F401  (the one error type)
 
 
 @dataclass(frozen=True)

@@ -1,87 +1,86 @@
-"""`kb enrich`: tags, summaries and chunk embeddings for everything missing or stale, then the index.
+"""`kb enrich`: every registered task's output for everything missing or stale, then the index.
 
 One shared pass per batch of documents: their chunks are tokenised once, the frozen lower layers run once
-over them (backbone/trunk.py), and each task's adapted top layers branch off those states:
+over them (backbone/forward.py), and each task's adapted top layers branch off those states:
 
     chunks -> token ids -> frozen layers[:split] -> trunk states -+-> embed top layers, every chunk -> mean, L2
-                                                                 +-> classify top layers, first chunks -> heads
-                                                                 +-> summarise top layers, chunks -> spans -> scorer
+                                                                 +-> each document task's top layers, the chunks
+                                                                     its head plans to read -> read -> finish
 
-Each output records the adapter version and document version it came from (see store/derived.py),
-so re-running does only the missing work. Without trained adapters the KB still works: chunks are
-embedded by the untuned backbone (recorded as such) and tags/summaries wait for their adapters.
-Adapter versions that read other inputs (decoder summarisers, versions trained before chunk inputs)
-run their own pass after the shared one.
+Document tasks are whatever tasks/registry.py holds with a loaded head (classify: first chunks -> category
+and tags; summarise: chunks holding scored sentences -> summary). Each output records the adapter version
+and document version it came from (store/derived.py), so re-running does only the missing work. Without
+trained adapters the KB still works: chunks are embedded by the untuned backbone (recorded as such) and the
+document tasks wait for their adapters. Heads that cannot share the trunk (a decoder's abstractive summariser)
+and documents without chunks get a pass of their own after the shared one.
 """
 
 from __future__ import annotations
 
 import time
 from collections import defaultdict
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Callable, NamedTuple, Sequence
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
 from sqlalchemy import select
 
-from kb_pipeline.backbone.adapter_files import load_adapter
 from kb_pipeline.backbone.adapters import AdapterSet
 from kb_pipeline.backbone.heads import l2_normalize, mean_pool
 from kb_pipeline.backbone.loading import Backbone, load_backbone
 from kb_pipeline.config import Settings
 from kb_pipeline.store import derived
 from kb_pipeline.store.db import session_factory
+from kb_pipeline.store.queries import active_version, active_versions
 from kb_pipeline.store.schema import Chunk, Document
-from kb_pipeline.training import registry
-from kb_pipeline.training.chunked import CHUNK_MAX_LENGTH, combine_chunks, encode_chunks, pooled_chunks
-from kb_pipeline.training.classify import Classifier
-from kb_pipeline.training.datasets import model_input
-from kb_pipeline.training.embed import embed_texts
-from kb_pipeline.training.summarise import Summariser, plan_document
-from kb_pipeline.training.tasks import pad_batch, pad_id, token_limit
+from kb_pipeline.tasks.chunks import CHUNK_MAX_LENGTH, encode_chunks
+from kb_pipeline.tasks.embed import EMBED_MAX_LENGTH, embed_key, embed_texts
+from kb_pipeline.tasks.encoding import pad_batch, pad_id, token_limit
+from kb_pipeline.tasks.registry import TASKS, load_task
+from kb_pipeline.tasks.spec import ChunkText, DocInput, DocumentPredictor
 
 ProgressFn = Callable[[str, int, int], None]  # (stage, done, total)
+EMBED = "embed"
 
 
 @dataclass
 class TaskModels:
-    """The active adapters of one backbone, loaded into one AdapterSet, with their heads."""
+    """The active adapters of one backbone, loaded into one AdapterSet, with the heads of the document tasks."""
 
     adapters: AdapterSet
     versions: dict[str, int] = field(default_factory=dict)
-    classifier: Classifier | None = None
-    summariser: Summariser | None = None
+    heads: dict[str, DocumentPredictor] = field(default_factory=dict)  # task -> loaded head (document tasks)
 
     @property
     def embed_key(self) -> str:
-        if "embed" in self.versions:
-            return f"adapter:{self.versions['embed']}"
-        return f"backbone:{self.adapters.backbone.weights_hash[:16]}"
+        return embed_key(self.versions.get(EMBED), self.adapters.backbone.weights_hash)
 
     @property
     def embed_task(self) -> str | None:
-        return "embed" if "embed" in self.versions else None
+        return EMBED if EMBED in self.versions else None
 
     def embed(self, texts: Sequence[str]):
         return embed_texts(self.adapters, texts, self.embed_task, max_length=EMBED_MAX_LENGTH)
 
-
-EMBED_MAX_LENGTH = CHUNK_MAX_LENGTH  # chunks are <= 200 tokens (never truncated); queries are short
+    def add(self, task: str, version_id: int, folder) -> None:
+        """Load a saved version of a registered task into this AdapterSet (and its head, if it has one)."""
+        head = load_task(self.adapters, TASKS[task], folder, version_id)
+        self.versions[task] = version_id
+        if head is not None:
+            self.heads[task] = head
 
 
 def load_task_models(settings: Settings, backbone: Backbone | None = None) -> TaskModels:
+    """Every registered task's active version on this backbone (a task without one is left out)."""
     backbone = backbone or load_backbone(settings.backbone, settings.models_dir)
     models = TaskModels(AdapterSet(backbone))
     with session_factory(settings)() as session:
-        actives = registry.active_versions(session, backbone.weights_hash)
+        actives = active_versions(session, backbone.weights_hash)
     for task, version in actives.items():
-        _, head, meta = load_adapter(models.adapters, version.path, task=task)
-        models.versions[task] = version.id
-        if task == "classify":
-            models.classifier = Classifier.from_tensors(head, meta["head"])
-        elif task == "summarise":
-            models.summariser = Summariser.from_tensors(head, meta["head"])
+        if task in TASKS:
+            models.add(task, version.id, version.path)
     return models
 
 
@@ -89,27 +88,35 @@ def current_embed_key(settings: Settings) -> str:
     """The embedder search and the index use now (loads the backbone to know its hash)."""
     backbone = load_backbone(settings.backbone, settings.models_dir)
     with session_factory(settings)() as session:
-        active = registry.active_version(session, "embed", backbone.weights_hash)
-    return f"adapter:{active.id}" if active else f"backbone:{backbone.weights_hash[:16]}"
+        active = active_version(session, EMBED, backbone.weights_hash)
+    return embed_key(active.id if active else None, backbone.weights_hash)
 
 
 @dataclass
 class EnrichReport:
-    tagged: int = 0
-    summarised: int = 0
     embedded: int = 0
+    outputs: dict[str, int] = field(default_factory=dict)  # task -> documents given a new output
     embed_key: str = ""
     adapters: dict[str, int] = field(default_factory=dict)
     index: dict = field(default_factory=dict)
     seconds: float = 0.0
 
-    def add(self, other: "EnrichReport") -> None:
-        self.tagged += other.tagged
-        self.summarised += other.summarised
+    @property
+    def tagged(self) -> int:
+        return self.outputs.get("classify", 0)
+
+    @property
+    def summarised(self) -> int:
+        return self.outputs.get("summarise", 0)
+
+    def add(self, other: EnrichReport) -> None:
         self.embedded += other.embedded
+        for task, n in other.outputs.items():
+            self.outputs[task] = self.outputs.get(task, 0) + n
 
     def as_dict(self) -> dict:
-        return {k: getattr(self, k) for k in self.__dataclass_fields__}
+        fields = {k: getattr(self, k) for k in self.__dataclass_fields__}
+        return fields | {"tagged": self.tagged, "summarised": self.summarised}
 
 
 @dataclass
@@ -125,13 +132,20 @@ class EnrichPlan:
         return sum(len(b) for b in self.batches)
 
 
+def _needing(session, models: TaskModels, ids: Sequence[int] | None) -> dict[str, set[int]]:
+    """task -> the documents (of ids, or all) lacking that task's current output."""
+    return {
+        task: set(TASKS[task].outputs.needing(session, models.versions[task], ids))
+        for task in models.heads
+        if TASKS[task].outputs is not None
+    }
+
+
 def plan_enrich(settings: Settings, models: TaskModels, docs_per_batch: int = 64) -> EnrichPlan:
     with session_factory(settings)() as session:
         stale = set(derived.docs_needing_embedding(session, models.embed_key))
-        if models.classifier:
-            stale.update(d for d, *_ in derived.docs_needing_labels(session, models.versions["classify"]))
-        if models.summariser:
-            stale.update(d for d, *_ in derived.docs_needing_summary(session, models.versions["summarise"]))
+        for docs in _needing(session, models, None).values():
+            stale |= docs
     ids = sorted(stale)
     batches = [ids[i : i + docs_per_batch] for i in range(0, len(ids), docs_per_batch)]
     return EnrichPlan(models.embed_key, dict(models.versions), batches)
@@ -158,17 +172,11 @@ def enrich_batch(
             report.embedded = derived.save_embeddings(
                 session, models.embed_key, [(c, version[c]) for c in chunk_ids], vectors
             )
-        if out.labels:
-            rows = [dict(p, document_id=d, document_version=by_id[d].version) for d, p in sorted(out.labels.items())]
-            derived.save_labels(session, rows, models.versions["classify"])
-            report.tagged = len(rows)
-        if out.summaries:
-            rows = [
-                dict(document_id=d, document_version=by_id[d].version, summary=text)
-                for d, text in sorted(out.summaries.items())
-            ]
-            derived.save_summaries(session, rows, models.versions["summarise"])
-            report.summarised = len(rows)
+        for task, outputs in out.outputs.items():
+            if outputs:
+                rows = [(d, by_id[d].version, output) for d, output in sorted(outputs.items())]
+                TASKS[task].outputs.save(session, rows, models.versions[task])
+                report.outputs[task] = len(rows)
     return report
 
 
@@ -182,26 +190,24 @@ class ChunkWork(NamedTuple):
 
 @dataclass
 class DocWork:
-    """One document of a batch: its chunks in order and which outputs it still lacks."""
+    """One document of a batch: its chunks in order and which task outputs it still lacks."""
 
     id: int
     version: int
     title: str
     text: str
     chunks: list[ChunkWork]
-    label: bool = False
-    summary: bool = False
+    needs: set[str] = field(default_factory=set)  # document tasks whose output is missing or stale
+
+    def as_input(self) -> DocInput:
+        return DocInput(self.title, self.text, [ChunkText(c.text, c.start, c.end) for c in self.chunks])
 
 
 def load_work(session, models: TaskModels, document_ids: Sequence[int]) -> list[DocWork]:
     """The batch's documents that lack anything, with their chunks and what each still needs."""
     ids = list(document_ids)
     embed = {c for c, _, _ in derived.chunks_needing_embedding(session, models.embed_key, ids)}
-    label, summary = set(), set()
-    if models.classifier:
-        label = {d for d, *_ in derived.docs_needing_labels(session, models.versions["classify"], ids)}
-    if models.summariser:
-        summary = {d for d, *_ in derived.docs_needing_summary(session, models.versions["summarise"], ids)}
+    needing = _needing(session, models, ids)
     chunks: dict[int, list[ChunkWork]] = defaultdict(list)
     rows = session.execute(
         select(Chunk.document_id, Chunk.id, Chunk.text, Chunk.char_start, Chunk.char_end)
@@ -215,15 +221,17 @@ def load_work(session, models: TaskModels, document_ids: Sequence[int]) -> list[
         .where(Document.id.in_(ids), Document.status == "active")
         .order_by(Document.id)
     )
-    work = [DocWork(d, v, title, text, chunks.get(d, []), d in label, d in summary) for d, v, title, text in docs]
-    return [w for w in work if w.label or w.summary or any(c.embed for c in w.chunks)]
+    work = [
+        DocWork(d, v, title, text, chunks.get(d, []), {t for t, lacking in needing.items() if d in lacking})
+        for d, v, title, text in docs
+    ]
+    return [w for w in work if w.needs or any(c.embed for c in w.chunks)]
 
 
 @dataclass
 class PassOutput:
     vectors: dict[int, np.ndarray] = field(default_factory=dict)  # chunk id -> (H,) float32, L2-normalised
-    labels: dict[int, dict] = field(default_factory=dict)  # document id -> Classifier prediction
-    summaries: dict[int, str] = field(default_factory=dict)  # document id -> summary
+    outputs: dict[str, dict[int, Any]] = field(default_factory=dict)  # task -> document id -> its typed output
     stats: dict = field(default_factory=dict)  # forwards and rows per task, for benchmarks and tests
 
 
@@ -232,17 +240,21 @@ def shared_pass(models: TaskModels, docs: Sequence[DocWork], batch_size: int = 3
 
     Chunks any task reads are sorted by length and cut into batches of `batch_size`; per batch
     `AdapterSet.branched_states` runs the frozen lower layers once and each task's top layers on its rows:
-    embed on the chunks lacking a vector, classify on each document's first chunks, summarise on the chunks
-    holding its scored sentences. share=False gives the same outputs from separate full passes per task.
+    embed on the chunks lacking a vector, each document task on the chunks its head plans to read.
+    share=False gives the same outputs from separate full passes per task.
     """
     adapters = models.adapters
     tokenizer = adapters.backbone.tokenizer
     limit = token_limit(adapters, CHUNK_MAX_LENGTH)
-    classifier, summariser = models.classifier, models.summariser
-    classify_here = classifier is not None and classifier.reads_chunks and _limit(adapters, classifier) == limit
-    summarise_here = summariser is not None and summariser.reads_chunks and _limit(adapters, summariser) == limit
+    shared = {
+        task: head for task, head in models.heads.items()
+        if head.shares_trunk() and token_limit(adapters, head.max_length) == limit
+    }
     embed_task = models.embed_task
-    out = PassOutput(stats={"batches": 0, "task_passes": 0, "rows": defaultdict(int), "share": share})
+    out = PassOutput(
+        outputs={task: {} for task in models.heads},
+        stats={"batches": 0, "task_passes": 0, "rows": defaultdict(int), "share": share},
+    )
 
     # which chunks each task reads: keys are (document index, chunk index)
     needs: dict[tuple[int, int], set] = defaultdict(set)
@@ -250,24 +262,19 @@ def shared_pass(models: TaskModels, docs: Sequence[DocWork], batch_size: int = 3
         for c, chunk in enumerate(doc.chunks):
             if chunk.embed:
                 needs[d, c].add(embed_task)
-        if doc.label and classify_here:
-            for c in range(min(classifier.first_chunks, len(doc.chunks))):
-                needs[d, c].add("classify")
-    summarised = [d for d, doc in enumerate(docs) if doc.summary and summarise_here and doc.chunks]
-    encoded = {}  # tokenised once, for every task
-    keys = sorted(set(needs) | {(d, c) for d in summarised for c in range(len(docs[d].chunks))})
-    for key, enc in zip(keys, encode_chunks(tokenizer, [docs[d].chunks[c].text for d, c in keys], limit)):
-        encoded[key] = enc
-    plans = {}
-    for d in summarised:
-        doc = docs[d]
-        spans = [(c.start, c.end) for c in doc.chunks]
-        plans[d] = plan_document(doc.text, spans, [encoded[d, c] for c in range(len(doc.chunks))])
-        for c in plans[d].by_chunk():
-            needs[d, c].add("summarise")
+    readers = {d for d, doc in enumerate(docs) if doc.chunks and doc.needs & set(shared)}
+    keys = sorted(set(needs) | {(d, c) for d in readers for c in range(len(docs[d].chunks))})
+    encoded = dict(zip(keys, encode_chunks(tokenizer, [docs[d].chunks[c].text for d, c in keys], limit)))
+    plans: dict[str, dict[int, Any]] = {task: {} for task in shared}
+    for d in sorted(readers):
+        doc, inputs = docs[d], None
+        for task in sorted(doc.needs & set(shared)):
+            inputs = inputs or doc.as_input()
+            plan = plans[task][d] = shared[task].plan(inputs, [encoded[d, c] for c in range(len(doc.chunks))])
+            for c in shared[task].chunks_read(plan):
+                needs[d, c].add(task)
 
-    pooled: dict[int, dict[int, tuple]] = defaultdict(dict)  # classify: doc -> chunk -> (vector, token count)
-    sentence_vectors: dict[int, dict[int, torch.Tensor]] = defaultdict(dict)  # summarise: doc -> slot -> vector
+    found: dict[str, dict] = {task: {} for task in shared}  # what each head collected, per document
     order = sorted(needs, key=lambda key: len(encoded[key].ids))
     out.stats["chunks"] = len(order)  # rows through the trunk: every chunk some task reads, once
     for start in range(0, len(order), batch_size):
@@ -287,60 +294,34 @@ def shared_pass(models: TaskModels, docs: Sequence[DocWork], batch_size: int = 3
                 vectors = l2_normalize(mean_pool(hidden, task_mask).float()).numpy().astype(np.float32)
                 for (d, c), vector in zip(task_keys, vectors):
                     out.vectors[docs[d].chunks[c].id] = vector
-            elif task == "classify":
-                v, n = pooled_chunks(hidden, task_mask, classifier.config["pooling"])
-                for (d, c), vector, count in zip(task_keys, v.float(), n):
-                    pooled[d][c] = (vector, count)
-            elif task == "summarise":
-                Summariser.collect(hidden, task_keys, plans, sentence_vectors)
+            else:
+                shared[task].read(hidden, task_mask, task_keys, plans[task], found[task])
 
-    if classify_here:
-        labelled = [d for d in pooled]
-        if labelled:
-            x = torch.cat([_combine(pooled[d]) for d in labelled])
-            for d, prediction in zip(labelled, classifier.predict_vectors(x)):
-                out.labels[docs[d].id] = prediction
-    for d in summarised:
-        out.summaries[docs[d].id] = summariser.summary_from(plans[d], sentence_vectors[d])
-    _separate_passes(models, docs, out, classify_here, summarise_here, batch_size)
+    for task, task_plans in plans.items():
+        for d, output in shared[task].finish(task_plans, found[task]).items():
+            out.outputs[task][docs[d].id] = output
+    _separate_passes(models, docs, out, batch_size)
     out.stats["rows"] = dict(out.stats["rows"])
     return out
-
-
-def _limit(adapters: AdapterSet, head) -> int:
-    return token_limit(adapters, head.config["max_length"])
 
 
 def _tasks(needs: dict, batch: list) -> list:
     """The tasks reading any chunk of the batch, embed first (a stable order keeps adapter switches few)."""
     found = set().union(*(needs[key] for key in batch))
-    return sorted(found, key=lambda t: (t not in (None, "embed"), t or ""))
+    return sorted(found, key=lambda t: (t not in (None, EMBED), t or ""))
 
 
-def _combine(chunks: dict[int, tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
-    ordered = [chunks[c] for c in sorted(chunks)]
-    vectors = torch.stack([v for v, _ in ordered])  # (k, D)
-    counts = torch.stack([n for _, n in ordered])  # (k,)
-    return combine_chunks(vectors, counts, [len(ordered)])  # (1, D)
-
-
-def _separate_passes(models: TaskModels, docs, out: PassOutput, classified: bool, summarised: bool, batch_size: int):
-    """What the shared pass could not do: versions reading other inputs, documents without chunks."""
-    classifier, summariser = models.classifier, models.summariser
-    to_tag = [doc for doc in docs if doc.label and doc.id not in out.labels]
-    if classifier is not None and to_tag:
-        predictions = classifier.predict(
-            models.adapters, [model_input(doc.title, doc.text) for doc in to_tag], batch_size,
-            chunks=[[c.text for c in doc.chunks] for doc in to_tag],
-        )
-        out.labels.update({doc.id: p for doc, p in zip(to_tag, predictions)})
-    to_sum = [doc for doc in docs if doc.summary and doc.id not in out.summaries]
-    if summariser is not None and to_sum:
-        spans = [[(c.start, c.end) for c in doc.chunks] for doc in to_sum]
-        summaries = summariser.predict(models.adapters, [doc.text for doc in to_sum], chunks=spans)
-        out.summaries.update({doc.id: text for doc, text in zip(to_sum, summaries)})
-    if to_tag or to_sum:
-        out.stats["separate"] = {"classify": len(to_tag), "summarise": len(to_sum)}
+def _separate_passes(models: TaskModels, docs: Sequence[DocWork], out: PassOutput, batch_size: int) -> None:
+    """What the shared pass could not do: heads that do not share the trunk, documents without chunks."""
+    separate = {}
+    for task, head in models.heads.items():
+        todo = [doc for doc in docs if task in doc.needs and doc.id not in out.outputs[task]]
+        if todo:
+            predictions = head.predict(models.adapters, [doc.as_input() for doc in todo], batch_size)
+            out.outputs[task].update({doc.id: p for doc, p in zip(todo, predictions)})
+        separate[task] = len(todo)
+    if any(separate.values()):
+        out.stats["separate"] = separate
 
 
 def enrich(

@@ -1,5 +1,5 @@
-"""Serving errors, importable without torch so every `kb` command starts fast."""
+"""Serving errors (defined with every other user-facing error in kb_pipeline.errors); importable without torch."""
 
+from kb_pipeline.errors import NotAvailable, SearchError, UnknownUser
 
-class NotAvailable(RuntimeError):
-    """The adapter or document needed is missing; the message says what to do."""
+__all__ = ["NotAvailable", "SearchError", "UnknownUser"]

@@ -7,13 +7,14 @@ that reader may not read are left out altogether.
 
 from __future__ import annotations
 
-from typing import Iterator
+from collections.abc import Iterator
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from kb_pipeline.serving.access import OPERATOR, Reader, readable
-from kb_pipeline.store.schema import Document, DocumentAcl, GoldLabel, GoldTag, PredictedLabel, PredictedSummary
+from kb_pipeline.store.queries import gold_tags_by_document
+from kb_pipeline.store.schema import Document, DocumentAcl, GoldLabel, PredictedLabel, PredictedSummary
 
 
 def export_rows(session: Session, batch: int = 500, reader: Reader = OPERATOR) -> Iterator[dict]:
@@ -30,13 +31,13 @@ def export_rows(session: Session, batch: int = 500, reader: Reader = OPERATOR) -
             return
         ids = [d.id for d in docs]
         gold = {g.document_id: g for g in session.scalars(select(GoldLabel).where(GoldLabel.document_id.in_(ids)))}
-        gold_tags: dict[int, list[str]] = {}
-        for doc_id, tag in session.execute(select(GoldTag.document_id, GoldTag.tag).where(GoldTag.document_id.in_(ids)).order_by(GoldTag.tag)):
-            gold_tags.setdefault(doc_id, []).append(tag)
+        gold_tags = gold_tags_by_document(session, ids)
         labels: dict[int, list[PredictedLabel]] = {}
-        for p in session.scalars(select(PredictedLabel).where(PredictedLabel.document_id.in_(ids)).order_by(PredictedLabel.score.desc())):
+        predicted = select(PredictedLabel).where(PredictedLabel.document_id.in_(ids))
+        for p in session.scalars(predicted.order_by(PredictedLabel.score.desc())):
             labels.setdefault(p.document_id, []).append(p)
-        summaries = {s.document_id: s for s in session.scalars(select(PredictedSummary).where(PredictedSummary.document_id.in_(ids)))}
+        summary_rows = session.scalars(select(PredictedSummary).where(PredictedSummary.document_id.in_(ids)))
+        summaries = {s.document_id: s for s in summary_rows}
         acl: dict[int, list[str]] = {}
         query = select(DocumentAcl.document_id, DocumentAcl.group_name).where(DocumentAcl.document_id.in_(ids))
         for doc_id, group in session.execute(query.order_by(DocumentAcl.group_name)):
@@ -71,6 +72,7 @@ def _row(doc: Document, gold: GoldLabel | None, gold_tags: list[str], labels: li
             "summarise": summary.adapter_version if summary else None,
         },
         "stale": bool(
-            (category and category.document_version != doc.version) or (summary and summary.document_version != doc.version)
+            (category and category.document_version != doc.version)
+            or (summary and summary.document_version != doc.version)
         ),
     }

@@ -10,7 +10,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from kb_pipeline.config import Settings
-from kb_pipeline.ingest.readers import ReadError, read_document
+from kb_pipeline.ingest.readers import read_document
+from kb_pipeline.ingest.text_utils import ReadError
 from kb_pipeline.serving.access import find_readable, not_found, reader_for
 from kb_pipeline.serving.enrich import ChunkWork, DocWork, TaskModels, load_task_models, shared_pass
 from kb_pipeline.serving.errors import NotAvailable
@@ -26,14 +27,19 @@ def _document(settings: Settings, ref: str, user: str | None) -> DocWork:
         return DocWork(doc.id, doc.version, doc.title, doc.text, chunks)
 
 
+def predict_one(doc: DocWork, task: str, models: TaskModels):
+    """One document task's output for one document, through the shared pass; refuses a task without an adapter."""
+    if task not in models.heads:
+        raise NotAvailable(f"no active {task} adapter: run `kb train {task}`")
+    doc.needs = {task}
+    return shared_pass(models, [doc]).outputs[task][doc.id]
+
+
 def tag_document(settings: Settings, ref: str, models: TaskModels | None = None, user: str | None = None) -> dict:
     doc = _document(settings, ref, user)
     models = models or load_task_models(settings)
-    if models.classifier is None:
-        raise NotAvailable("no active classify adapter: run `kb train classify`")
-    doc.label = True
-    prediction = shared_pass(models, [doc]).labels[doc.id]
-    return {"title": doc.title, **prediction, "adapter_version": models.versions["classify"]}
+    labels = predict_one(doc, "classify", models)
+    return {"title": doc.title, **labels.as_row(), "adapter_version": models.versions["classify"]}
 
 
 def summarise_document(
@@ -48,7 +54,7 @@ def summarise_file(settings: Settings, path: Path, models: TaskModels | None = N
     except ReadError as exc:
         raise NotAvailable(str(exc)) from None
     from kb_pipeline.backbone.tokenizer import chunk_tokenizer
-    from kb_pipeline.training.chunked import chunk_spans
+    from kb_pipeline.tasks.chunks import chunk_spans
 
     models = models or load_task_models(settings)
     tokenizer = chunk_tokenizer(settings.backbone, str(settings.models_dir))  # what ingestion cuts chunks with
@@ -60,8 +66,5 @@ def summarise_file(settings: Settings, path: Path, models: TaskModels | None = N
 
 def _summarise(settings: Settings, doc: DocWork, models: TaskModels | None) -> dict:
     models = models or load_task_models(settings)
-    if models.summariser is None:
-        raise NotAvailable("no active summarise adapter: run `kb train summarise`")
-    doc.summary = True
-    summary = shared_pass(models, [doc]).summaries[doc.id]
-    return {"title": doc.title, "summary": summary, "adapter_version": models.versions["summarise"]}
+    summary = predict_one(doc, "summarise", models)
+    return {"title": doc.title, "summary": summary.text, "adapter_version": models.versions["summarise"]}

@@ -9,8 +9,8 @@ from kb_pipeline.config import Settings
 from kb_pipeline.serving.access import OPERATOR, Reader, readable
 from kb_pipeline.store import derived, repo
 from kb_pipeline.store.db import session_factory
+from kb_pipeline.store.queries import active_versions
 from kb_pipeline.store.schema import Chunk, Document, DocumentAcl, GoldLabel, PredictedLabel, PredictedSummary
-from kb_pipeline.training import registry
 
 
 def document_stats(session: Session, reader: Reader = OPERATOR) -> dict:
@@ -59,7 +59,7 @@ def overview(settings: Settings, models) -> dict:
                 "version": v.id, "kind": v.kind, "primary_metric": v.primary_metric,
                 "value": v.metrics.get(v.primary_metric), "baseline": v.baseline.get(v.primary_metric),
             }
-            for task, v in registry.active_versions(session, models.adapters.backbone.weights_hash).items()
+            for task, v in active_versions(session, models.adapters.backbone.weights_hash).items()
         }
     return {
         "documents": stats["documents"],

@@ -9,14 +9,15 @@ forbidden can be ranked at all.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Sequence
 
 import numpy as np
 from sqlalchemy import Float, Integer, and_, func, or_, select, text
 from sqlalchemy.orm import Session
 
 from kb_pipeline.store import derived
+from kb_pipeline.store.queries import gold_tags_by_document
 from kb_pipeline.store.schema import Chunk, Document, GoldLabel, GoldTag, PredictedLabel, PredictedSummary
 
 RRF_K = 60  # the constant from Cormack et al.; damps the difference between top ranks
@@ -28,8 +29,7 @@ MAX_QUERY_TERMS = 64
 _WORD = re.compile(r"\w+", re.UNICODE)
 
 
-class SearchError(ValueError):
-    """A search that cannot run as asked (unknown user, bad mode); the message says why."""
+from kb_pipeline.errors import SearchError  # noqa: E402,F401  (the one error type)
 
 
 @dataclass(frozen=True)
@@ -54,7 +54,9 @@ def allowed_condition(filters: Filters):
         category = filters.category.lower()
         gold = select(GoldLabel.document_id).where(GoldLabel.document_id == Document.id, GoldLabel.category == category)
         predicted = select(PredictedLabel.document_id).where(
-            PredictedLabel.document_id == Document.id, PredictedLabel.kind == "category", PredictedLabel.label == category
+            PredictedLabel.document_id == Document.id,
+            PredictedLabel.kind == "category",
+            PredictedLabel.label == category,
         )
         conditions.append(or_(gold.exists(), predicted.exists()))
     for tag in filters.tags:
@@ -115,7 +117,9 @@ def keyword_hits(session: Session, query: str, filters: Filters, limit: int) -> 
     return [(int(c), int(d), float(s)) for c, d, s in rows]
 
 
-def dense_hits(session: Session, index, query_vector: np.ndarray, allowed: np.ndarray, limit: int) -> list[tuple[int, int, float]]:
+def dense_hits(
+    session: Session, index, query_vector: np.ndarray, allowed: np.ndarray, limit: int
+) -> list[tuple[int, int, float]]:
     if not len(allowed):
         return []
     scores, ids = index.search(query_vector.reshape(1, -1).astype(np.float32), min(limit, len(allowed)), allowed)
@@ -168,6 +172,31 @@ def search(
     return describe(session, hits)
 
 
+@dataclass
+class Searcher:
+    """What dense and hybrid search need beside the session: an embedder for queries and the index of its vectors.
+
+    `open_searcher` builds the usual one (active adapters + live index) for `kb search`, the flows and the web;
+    `kb eval` builds its own over in-memory indexes. Keyword-only search needs neither (Searcher()).
+    """
+
+    embed: Callable[[Sequence[str]], np.ndarray] | None = None
+    index: object | None = None
+
+    def search(self, session: Session, query: str, *, k: int = 10, mode: str = "hybrid",
+               filters: Filters = Filters()) -> list[dict]:
+        return search(session, query, k=k, mode=mode, filters=filters, index=self.index, embed=self.embed)
+
+
+def open_searcher(settings, models=None) -> Searcher:
+    """The task models' embedder (loaded unless given) and the live index of its vectors."""
+    from kb_pipeline.indexing.sync import load_live_index
+    from kb_pipeline.serving.enrich import load_task_models
+
+    models = models or load_task_models(settings)
+    return Searcher(models.embed, load_live_index(settings, models.embed_key))
+
+
 def describe(session: Session, hits: Sequence[Hit]) -> list[dict]:
     """Result rows: doc id, absolute path, title, score, matching chunk snippet, summary and tags."""
     if not hits:
@@ -199,9 +228,7 @@ def describe(session: Session, hits: Sequence[Hit]) -> list[dict]:
 
 def document_tags(session: Session, doc_ids: Sequence[int]) -> dict[int, list[str]]:
     """Gold tags where a person gave them, else the model's predicted tags."""
-    out: dict[int, list[str]] = {}
-    for doc_id, tag in session.execute(select(GoldTag.document_id, GoldTag.tag).where(GoldTag.document_id.in_(doc_ids)).order_by(GoldTag.tag)):
-        out.setdefault(doc_id, []).append(tag)
+    out = gold_tags_by_document(session, doc_ids)
     predicted = select(PredictedLabel.document_id, PredictedLabel.label).where(
         PredictedLabel.document_id.in_(doc_ids), PredictedLabel.kind == "tag"
     ).order_by(PredictedLabel.score.desc())

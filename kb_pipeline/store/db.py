@@ -17,8 +17,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from kb_pipeline.config import Settings
 
 
-class SchemaError(RuntimeError):
-    """The database is missing, behind or ahead of this code's migrations."""
+from kb_pipeline.errors import NotInitialised as SchemaError  # noqa: E402,F401  (the one error type)
 
 
 def migrations_dir() -> Path:

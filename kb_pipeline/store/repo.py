@@ -5,14 +5,16 @@ from __future__ import annotations
 import json
 import os
 import socket
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any, Iterable, NamedTuple, Sequence
+from typing import Any, NamedTuple
 
 from sqlalchemy import delete, func, insert, literal, select, text, update
 from sqlalchemy.orm import Session
 
+from kb_pipeline.store.queries import gold_tags_by_document
 from kb_pipeline.store.schema import (
     Chunk,
     Document,
@@ -321,9 +323,7 @@ def document_summaries(session: Session) -> list[dict[str, Any]]:
         .where(Document.status == "active")
         .order_by(Document.path)
     ).all()
-    tags: dict[int, list[str]] = {}
-    for doc_id, tag in session.execute(select(GoldTag.document_id, GoldTag.tag).order_by(GoldTag.tag)):
-        tags.setdefault(doc_id, []).append(tag)
+    tags = gold_tags_by_document(session)
     acl: dict[int, list[str]] = {}
     for doc_id, group in session.execute(select(DocumentAcl.document_id, DocumentAcl.group_name)):
         acl.setdefault(doc_id, []).append(group)
@@ -346,7 +346,7 @@ def document_summaries(session: Session) -> list[dict[str, Any]]:
 
 def document_labels(session: Session, doc_id: int) -> dict[str, Any]:
     gold = session.get(GoldLabel, doc_id)
-    tags = session.scalars(select(GoldTag.tag).where(GoldTag.document_id == doc_id).order_by(GoldTag.tag))
+    tags = gold_tags_by_document(session, [doc_id]).get(doc_id, [])
     acl = session.scalars(
         select(DocumentAcl.group_name).where(DocumentAcl.document_id == doc_id).order_by(DocumentAcl.group_name)
     )

@@ -1,78 +1,55 @@
-"""Classify adapter: one category (softmax) and any number of tags (sigmoid) per document.
+"""Training the classify adapter + heads (the task itself: kb_pipeline/tasks/classify.py).
 
-Both heads read the same pooled vector from the `classify` adapter: the token-weighted mean of the
-document's first chunks (`chunked.CLASSIFY_CHUNKS`), each encoded exactly as embed encodes it, so at
-enrichment time the classify adapter branches off the chunk trunk the other tasks share. Versions
-trained before that (no "input" in their head config) read "title + text" truncated and keep doing so.
 Tag thresholds are tuned per tag on validation data because tag frequencies differ wildly and one
-global 0.5 cut-off under-predicts the rare ones.
+global 0.5 cut-off under-predicts the rare ones. The baseline always guesses the most frequent category.
 """
 
 from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
-from kb_pipeline.backbone.heads import ClassifierHead, head_state, load_head, pooled_size
+from kb_pipeline.backbone.heads import head_state, pooled_size
+from kb_pipeline.tasks.chunks import CLASSIFY_CHUNKS
+from kb_pipeline.tasks.classify import (
+    MIN_TAG_COUNT,
+    NAME,
+    ClassifyConfig,
+    ClassifyHeads,
+    pooled_groups,
+    pooled_groups_in_batches,
+)
+from kb_pipeline.tasks.encoding import pooling_for
+from kb_pipeline.tasks.registry import load_task
+from kb_pipeline.tasks.spec import TrainConfig
 from kb_pipeline.training import losses
-from kb_pipeline.training.chunked import CLASSIFY_CHUNKS, combine_chunks, pooled_chunks, pooled_chunks_in_batches
-from kb_pipeline.training.loop import TrainConfig, shuffled_batches, train_loop
-from kb_pipeline.training.metrics import accuracy, macro_f1, macro_f1_multilabel, micro_f1_multilabel, tune_thresholds
-from kb_pipeline.training.tasks import (
+from kb_pipeline.training.base import (
     ClassifyExample,
     InsufficientData,
     TrainResult,
     count_parameters,
-    encode,
     fresh_adapter,
     param_groups,
-    pooled_in_batches,
-    pooling_for,
     set_mode,
     training_task,
 )
+from kb_pipeline.training.baselines import most_frequent_category, tags_on_most_documents
+from kb_pipeline.training.datasets import classify_data as data  # noqa: F401  (the trainer's data)
+from kb_pipeline.training.loop import shuffled_batches, train_loop
+from kb_pipeline.training.metrics import accuracy, macro_f1, macro_f1_multilabel, micro_f1_multilabel, tune_thresholds
 
-TASK = "classify"
+TASK = NAME
 MIN_DOCS = 4
-MIN_TAG_COUNT = 2
 
 
 def example_chunks(example: ClassifyExample) -> list[str]:
     """The texts a chunk-reading classifier pools for this example: its first chunks, or its text alone."""
     return list(example.chunks[:CLASSIFY_CHUNKS]) or [example.text]
-
-
-def pooled_groups(adapters, groups: Sequence[Sequence[str]], max_length: int | None, method: str) -> Tensor:
-    """One vector per group of chunk texts (token-weighted mean of the chunks' pooled vectors), with gradient."""
-    flat = [text for group in groups for text in group]
-    ids, mask = encode(adapters, flat, max_length)  # (F, T)
-    vectors, counts = pooled_chunks(adapters.hidden_states(ids, mask), mask, method)  # (F, D), (F,)
-    return combine_chunks(vectors, counts, [len(g) for g in groups])  # (B, D)
-
-
-def pooled_groups_in_batches(
-    adapters, groups: Sequence[Sequence[str]], max_length: int | None, method: str, batch_size: int = 32
-) -> Tensor:
-    flat = [text for group in groups for text in group]
-    vectors, counts = pooled_chunks_in_batches(adapters, flat, max_length, method, batch_size)
-    return combine_chunks(vectors, counts, [len(g) for g in groups])
-
-
-class ClassifyHeads(nn.Module):
-    """The category head and, when the data has recurring tags, the tags head."""
-
-    def __init__(self, in_size: int, num_categories: int, num_tags: int):
-        super().__init__()
-        self.category = ClassifierHead(in_size, num_categories)
-        self.tags = ClassifierHead(in_size, num_tags) if num_tags else None
-
-    def forward(self, x: Tensor) -> tuple[Tensor, Tensor | None]:  # (B, D) -> (B, C), (B, L) | None
-        return self.category(x), self.tags(x) if self.tags is not None else None
 
 
 def check_data(train: Sequence[ClassifyExample], val: Sequence[ClassifyExample]) -> None:
@@ -90,7 +67,7 @@ def check_data(train: Sequence[ClassifyExample], val: Sequence[ClassifyExample])
         raise InsufficientData("classify needs labelled validation documents to measure and tune; found 0")
 
 
-def train_classify(
+def train(
     adapters,
     train: list[ClassifyExample],
     val: list[ClassifyExample],
@@ -164,17 +141,16 @@ def train_classify(
             metrics["tags_macro_f1"] = macro_f1_multilabel(truth_sets, predicted, tags)
 
     baseline = majority_baseline(train, val, tags)
-    head_config = {
-        "input": "chunks",  # reads a document's first chunks, as stored (see Classifier.reads_chunks)
-        "first_chunks": CLASSIFY_CHUNKS,
-        "pooling": method,
-        "max_length": cfg.max_length,
-        "categories": categories,
-        "tags": tags,
-        "thresholds": [float(t) for t in thresholds],
-        "category_head": heads.category.config(),
-        "tags_head": heads.tags.config() if heads.tags is not None else None,
-    }
+    head_config = ClassifyConfig(
+        categories=categories,
+        tags=tags,
+        thresholds=[float(t) for t in thresholds],
+        category_head=heads.category.config(),
+        tags_head=heads.tags.config() if heads.tags is not None else None,
+        pooling=method,
+        max_length=cfg.max_length,
+        first_chunks=CLASSIFY_CHUNKS,
+    )
     state = head_state(heads.category, "category.")
     if heads.tags is not None:
         state.update(head_state(heads.tags, "tags."))
@@ -183,7 +159,7 @@ def train_classify(
         config=config,
         train_config=cfg,
         head_state=state,
-        head_config=head_config,
+        head_config=head_config.to_dict(),
         metrics=metrics,
         baseline=baseline,
         history=history,
@@ -195,13 +171,13 @@ def train_classify(
 
 
 def majority_baseline(train: Sequence[ClassifyExample], val: Sequence[ClassifyExample], tags: list[str]) -> dict:
-    """Always answer the most common training category, and the tags most training documents carry."""
-    majority = Counter(e.category for e in train if e.category).most_common(1)[0][0]
+    """Always answer the most frequent training category (first seen among ties), and the tags most documents carry."""
+    majority = most_frequent_category([e.category for e in train if e.category], ties="first")
     truth = [e.category for e in val if e.category]
     pred = [majority] * len(truth)
     baseline = {"accuracy": accuracy(truth, pred), "macro_f1": macro_f1(truth, pred)}
     if tags:
-        common = {t for t in tags if sum(t in e.tags for e in train) * 2 > len(train)}
+        common = tags_on_most_documents([e.tags for e in train], tags)
         truth_sets = [set(e.tags) & set(tags) for e in val]
         guesses = [common] * len(val)
         baseline["tags_micro_f1"] = micro_f1_multilabel(truth_sets, guesses)
@@ -209,82 +185,11 @@ def majority_baseline(train: Sequence[ClassifyExample], val: Sequence[ClassifyEx
     return baseline
 
 
-@dataclass
-class Classifier:
-    """Trained heads + label lists; predicts with the `classify` adapter of an AdapterSet."""
 
-    heads: ClassifyHeads
-    config: dict
-
-    @classmethod
-    def from_tensors(cls, state: dict[str, Tensor], config: dict) -> "Classifier":
-        heads = ClassifyHeads(config["category_head"]["hidden_size"], len(config["categories"]), len(config["tags"]))
-        heads.category = load_head(config["category_head"], state, "category.")
-        if config.get("tags_head"):
-            heads.tags = load_head(config["tags_head"], state, "tags.")
-        return cls(heads.eval(), config)
-
-    @classmethod
-    def from_result(cls, result: TrainResult) -> "Classifier":
-        return cls.from_tensors(result.head_state, result.head_config)
-
-    @property
-    def reads_chunks(self) -> bool:
-        """True: reads a document's first chunks (shares the enrichment trunk); False: "title + text" (older)."""
-        return self.config.get("input") == "chunks"
-
-    @property
-    def first_chunks(self) -> int:
-        return int(self.config.get("first_chunks", 1))
-
-    def predict(
-        self,
-        adapters,
-        texts: Sequence[str],
-        batch_size: int = 32,
-        chunks: Sequence[Sequence[str]] | None = None,
-    ) -> list[dict]:
-        """[{category, category_score, tags: [(tag, score), ...] above their thresholds, best first}].
-
-        texts: each document's "title + text" (`datasets.model_input`); chunks: each document's chunk texts in
-        order. A chunk-reading classifier pools the first chunks (falling back to the text when a document
-        has none); an older one reads the texts.
-        """
-        if not texts:
-            return []
-        with adapters.using(TASK), torch.no_grad():
-            if self.reads_chunks:
-                groups = [
-                    list(c[: self.first_chunks]) if c else [t]
-                    for t, c in zip(texts, chunks if chunks is not None else [()] * len(texts))
-                ]
-                x = pooled_groups_in_batches(
-                    adapters, groups, self.config["max_length"], self.config["pooling"], batch_size
-                )
-            else:
-                x = pooled_in_batches(
-                    adapters, list(texts), self.config["max_length"], self.config["pooling"], batch_size
-                )
-        return self.predict_vectors(x)
-
-    def predict_vectors(self, x: Tensor) -> list[dict]:
-        """The heads on pooled document vectors (N, D): what `predict` and the shared enrichment pass return."""
-        categories, tags = self.config["categories"], self.config["tags"]
-        thresholds = self.config["thresholds"]
-        self.heads.eval()
-        with torch.no_grad():
-            cat_logits, tag_logits = self.heads(x.float())
-        cat_p = torch.softmax(cat_logits, -1)  # (N, C)
-        tag_p = torch.sigmoid(tag_logits) if tag_logits is not None else torch.zeros(len(x), 0)  # (N, L)
-        out = []
-        for i in range(len(x)):
-            best = int(cat_p[i].argmax())
-            chosen = [(tags[j], float(tag_p[i, j])) for j in range(len(tags)) if tag_p[i, j] >= thresholds[j]]
-            out.append(
-                {
-                    "category": categories[best],
-                    "category_score": float(cat_p[i, best]),
-                    "tags": sorted(chosen, key=lambda pair: -pair[1]),
-                }
-            )
-        return out
+def evaluate(adapters, folder: Path, val: Sequence[ClassifyExample], cfg: TrainConfig, spec) -> dict:
+    """A saved version's accuracy and macro-F1 on this run's validation documents (for the gate)."""
+    classifier = load_task(adapters, spec, folder)
+    labelled = [e for e in val if e.category]
+    predictions = classifier.predict(adapters, [e.text for e in labelled], chunks=[e.chunks for e in labelled])
+    truth, pred = [e.category for e in labelled], [p.category for p in predictions]
+    return {"accuracy": accuracy(truth, pred), "macro_f1": macro_f1(truth, pred)}

@@ -7,20 +7,20 @@ The split hashes the document id, so a document stays on the same side across ru
 from __future__ import annotations
 
 import hashlib
-import json
-import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Generic, Sequence, TypeVar
+from typing import Generic, TypeVar
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from kb_pipeline.store.schema import Chunk, Document, GoldLabel, GoldTag
-from kb_pipeline.training.chunked import CLASSIFY_CHUNKS
-from kb_pipeline.training.tasks import ClassifyExample, Pair, SummaryExample
+from kb_pipeline.store.queries import gold_tags_by_document
+from kb_pipeline.store.schema import Chunk, Document, GoldLabel
+from kb_pipeline.tasks.chunks import CLASSIFY_CHUNKS
+from kb_pipeline.tasks.encoding import heading_and_section, model_input, strip_leading_heading
+from kb_pipeline.training.base import ClassifyExample, Pair, SummaryExample
 
 VAL_SHARE = 0.2
-_HEADING = re.compile(r"^(#{1,6})\s+(.+?)\s*$")
 
 T = TypeVar("T")
 
@@ -32,19 +32,10 @@ class Split(Generic[T]):
     train_docs: int = 0
     val_docs: int = 0
 
-    @property
-    def data_hash(self) -> str:
-        """Fingerprint of the examples: a retrain is only worth it when this changes."""
-        payload = json.dumps([[_as_list(x) for x in self.train], [_as_list(x) for x in self.val]], sort_keys=True)
-        return hashlib.sha256(payload.encode()).hexdigest()
 
-
-def _as_list(example) -> list:
-    return [getattr(example, f) for f in example.__dataclass_fields__]
-
-
-def split_fraction(key: int | str) -> float:
-    digest = hashlib.sha256(f"kb-split:{key}".encode()).digest()
+def split_fraction(key: int | str, salt: str = "kb-split") -> float:
+    """A stable number in [0, 1) for a key: the one hash split (training's, and `kb eval`'s with its own salt)."""
+    digest = hashlib.sha256(f"{salt}:{key}".encode()).digest()
     return int.from_bytes(digest[:8], "big") / 2**64
 
 
@@ -73,15 +64,6 @@ def document_keys(session: Session, doc_ids: Sequence[int]) -> dict[int, str]:
     return {doc_id: uri for doc_id, uri in rows if doc_id in wanted}
 
 
-def model_input(title: str, text: str) -> str:
-    """A document as one text: its title, then its text (truncated by the tokenizer).
-
-    What classifiers trained before chunk inputs read, and the passage of (summary, document) embed pairs.
-    """
-    body = _strip_leading_heading(text, title)
-    return f"{title}\n\n{body}" if title else body
-
-
 def classify_data(session: Session) -> Split[ClassifyExample]:
     """Labelled documents: title + text, and the first chunks as stored (what the classifier reads)."""
     rows = session.execute(
@@ -90,7 +72,7 @@ def classify_data(session: Session) -> Split[ClassifyExample]:
         .where(Document.status == "active", GoldLabel.category.is_not(None))
         .order_by(Document.id)
     ).all()
-    tags = _gold_tags(session)
+    tags = gold_tags_by_document(session)
     first = _chunk_rows(session, [r[0] for r in rows], max_ordinal=CLASSIFY_CHUNKS)
     examples = {
         doc_id: ClassifyExample(
@@ -160,11 +142,11 @@ def embed_data(session: Session) -> Split[Pair]:
             doc_pairs.append(Pair(summary, model_input(title, text), key))
         doc_chunks = chunks.get(doc_id, [])
         if title and doc_chunks:
-            first = _strip_leading_heading(doc_chunks[0], title)
+            first = strip_leading_heading(doc_chunks[0], title)
             if first:
                 doc_pairs.append(Pair(title, first, key))
         for chunk in doc_chunks[1:]:
-            heading, section = _heading_and_section(chunk)
+            heading, section = heading_and_section(chunk)
             if heading and len(section.split()) >= 8:
                 doc_pairs.append(Pair(heading, section, key))
         if doc_pairs:
@@ -184,26 +166,3 @@ def _split(examples: dict[int, T], session: Session) -> Split[T]:
     split.val_docs = len(val_ids)
     split.train_docs = len(examples) - len(val_ids)
     return split
-
-
-def _gold_tags(session: Session) -> dict[int, list[str]]:
-    tags: dict[int, list[str]] = {}
-    for doc_id, tag in session.execute(select(GoldTag.document_id, GoldTag.tag).order_by(GoldTag.tag)):
-        tags.setdefault(doc_id, []).append(tag)
-    return tags
-
-
-def _heading_and_section(text: str) -> tuple[str | None, str]:
-    first, _, rest = text.partition("\n")
-    match = _HEADING.match(first)
-    if not match:
-        return None, text
-    return match.group(2), rest.strip()
-
-
-def _strip_leading_heading(text: str, title: str) -> str:
-    """Drop a first line that only repeats the title (it would make (title, chunk) pairs trivial)."""
-    heading, rest = _heading_and_section(text.lstrip())
-    if heading is not None and heading.strip().lower() == title.strip().lower():
-        return rest
-    return text.strip()

@@ -1,4 +1,4 @@
-"""Embed adapter: retrieval embeddings trained with in-batch negatives on (query, passage) pairs.
+"""Training the embed adapter: in-batch negatives on (query, passage) pairs (the task: tasks/embed.py).
 
 Whether it is worth using is judged against the untuned backbone on the same
 validation ranking (nDCG@10); the caller promotes it only if it beats that.
@@ -7,42 +7,33 @@ validation ranking (nDCG@10); the caller promotes it only if it beats that.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from kb_pipeline.backbone.heads import l2_normalize
+from kb_pipeline.tasks.embed import NAME, embed_texts
+from kb_pipeline.tasks.encoding import pooled
+from kb_pipeline.tasks.registry import load_task
+from kb_pipeline.tasks.spec import TrainConfig
 from kb_pipeline.training import losses
-from kb_pipeline.training.loop import TrainConfig, shuffled_batches, train_loop
-from kb_pipeline.training.metrics import mrr_at_k, ndcg_at_k, recall_at_k
-from kb_pipeline.training.tasks import (
+from kb_pipeline.training.base import (
     InsufficientData,
     Pair,
     TrainResult,
     fresh_adapter,
     param_groups,
-    pooled,
-    pooled_in_batches,
     set_mode,
     training_task,
 )
+from kb_pipeline.training.datasets import embed_data as data  # noqa: F401  (the trainer's data)
+from kb_pipeline.training.loop import shuffled_batches, train_loop
+from kb_pipeline.training.metrics import mrr_at_k, ndcg_at_k, recall_at_k
 
-TASK = "embed"
+TASK = NAME
 K = 10
 SCALE = 20.0  # sentence-transformers' default for MultipleNegativesRankingLoss
-DEFAULT_MAX_LENGTH = 256
-
-
-def embed_texts(
-    adapters, texts: Sequence[str], task: str | None = TASK, batch_size: int = 32, max_length: int | None = None
-) -> np.ndarray:
-    """L2-normalised mean-pooled vectors, float32 (N, H); task=None embeds with the untuned backbone."""
-    if not texts:
-        return np.zeros((0, adapters.backbone.hidden_size), dtype=np.float32)
-    with adapters.using(task):
-        vectors = pooled_in_batches(adapters, list(texts), max_length or DEFAULT_MAX_LENGTH, "mean", batch_size)
-    return l2_normalize(vectors).numpy().astype(np.float32)
 
 
 def retrieval_metrics(
@@ -78,7 +69,7 @@ def check_data(train: Sequence[Pair], val: Sequence[Pair]) -> None:
         raise InsufficientData("embed needs validation pairs to compare against the untuned backbone; found 0")
 
 
-def train_embed(adapters, train: list[Pair], val: list[Pair], config, cfg: TrainConfig, on_step=None) -> TrainResult:
+def train(adapters, train: list[Pair], val: list[Pair], config, cfg: TrainConfig, on_step=None) -> TrainResult:
     """Contrastive tuning of the embed adapter; metrics and baseline are nDCG/recall/MRR@10 on val queries."""
     check_data(train, val)
     baseline = evaluate_pairs(adapters, val, None, cfg.max_length)
@@ -129,3 +120,9 @@ def train_embed(adapters, train: list[Pair], val: list[Pair], config, cfg: Train
         backbone_params=adapters.backbone.num_parameters,
         primary_metric="ndcg@10",
     )
+
+
+def evaluate(adapters, folder: Path, val: Sequence[Pair], cfg: TrainConfig, spec) -> dict:
+    """A saved version's retrieval metrics on this run's validation pairs (for the gate)."""
+    load_task(adapters, spec, folder)
+    return evaluate_pairs(adapters, val, TASK, cfg.max_length)

@@ -9,35 +9,20 @@ version the gate did not promote counts too, so an unpromotable adapter is not r
 from __future__ import annotations
 
 import hashlib
-from collections import defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
-from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from kb_pipeline.store.schema import AdapterVersion, Document, GoldLabel, GoldTag
+from kb_pipeline.store.queries import latest_version
+from kb_pipeline.tasks.registry import get_task
+from kb_pipeline.tasks.spec import TaskSpec
 
 
-def label_fingerprints(session: Session, task: str) -> list[str]:
-    """Sorted "document id:digest" entries, one per document the task learns from."""
-    active = Document.status == "active"
-    rows: list[tuple] = []
-    if task in ("classify", "summarise"):
-        tags: dict[int, list[str]] = defaultdict(list)
-        for doc_id, tag in session.execute(select(GoldTag.document_id, GoldTag.tag).order_by(GoldTag.tag)):
-            tags[doc_id].append(tag)
-        query = select(Document.id, Document.version, GoldLabel.category, GoldLabel.summary).join(
-            GoldLabel, GoldLabel.document_id == Document.id, isouter=True
-        ).where(active)
-        for doc_id, version, category, summary in session.execute(query):
-            if task == "classify" and (category or tags.get(doc_id)):
-                rows.append((doc_id, version, category, tags.get(doc_id, [])))
-            elif task == "summarise" and summary:
-                rows.append((doc_id, version, summary))
-    else:  # embed: pairs are mined from every active document's title, headings and summary
-        rows = [tuple(r) for r in session.execute(select(Document.id, Document.version).where(active))]
-    return sorted(f"{r[0]}:{hashlib.sha256(repr(r).encode()).hexdigest()[:10]}" for r in rows)
+def label_fingerprints(session: Session, task: TaskSpec | str) -> list[str]:
+    """Sorted "document id:digest" entries, one per document the task learns from (its spec's fingerprint_rows)."""
+    spec = get_task(task) if isinstance(task, str) else task
+    return sorted(f"{r[0]}:{hashlib.sha256(repr(r).encode()).hexdigest()[:10]}" for r in spec.fingerprint_rows(session))
 
 
 def changed_share(before: Sequence[str], now: Sequence[str]) -> float:
@@ -59,14 +44,6 @@ class TrainingNeed:
         return {"task": self.task, "needed": self.needed, "reason": self.reason, "changed_share": self.changed_share}
 
 
-def latest_version(session: Session, task: str, backbone_hash: str) -> AdapterVersion | None:
-    return session.scalars(
-        select(AdapterVersion)
-        .where(AdapterVersion.task == task, AdapterVersion.backbone_hash == backbone_hash)
-        .order_by(AdapterVersion.id.desc())
-    ).first()
-
-
 def training_need(session: Session, task: str, backbone_hash: str, max_changed_share: float) -> TrainingNeed:
     latest = latest_version(session, task, backbone_hash)
     if latest is None:
@@ -77,7 +54,8 @@ def training_need(session: Session, task: str, backbone_hash: str, max_changed_s
     share = changed_share(before, label_fingerprints(session, task))
     if share > max_changed_share:
         return TrainingNeed(
-            task, True, f"{share:.0%} of its data changed since version {latest.id} (threshold {max_changed_share:.0%})",
+            task, True,
+            f"{share:.0%} of its data changed since version {latest.id} (threshold {max_changed_share:.0%})",
             share,
         )
     state = "active" if latest.status == "active" else f"{latest.status}: {latest.reason}"

@@ -17,29 +17,9 @@ import torch
 from torch import Tensor
 from torch.nn import Parameter
 
+from kb_pipeline.tasks.spec import TrainConfig
+
 T = TypeVar("T")
-
-
-@dataclass
-class TrainConfig:
-    epochs: int = 10
-    batch_size: int = 16
-    lr: float = 1e-3  # adapters: a higher rate than full fine-tuning, few parameters move
-    head_lr: float | None = None  # None -> lr
-    weight_decay: float = 0.0
-    patience: int = 3  # epochs without validation improvement before stopping
-    seed: int = 0
-    max_length: int = 256  # tokens per text (also capped by the backbone's own limit)
-    max_steps: int | None = None  # hard cap over all epochs (smoke runs, tests)
-    grad_clip: float | None = 1.0
-    warmup_ratio: float = 0.1  # linear warm-up over this share of steps, then linear decay (WarmupLinear)
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict) -> "TrainConfig":
-        return cls(**{k: v for k, v in data.items() if k in cls.__dataclass_fields__})
 
 
 @dataclass

@@ -1,7 +1,8 @@
 """Adapter versions: registration, the promotion gate, manual promotion and rollback.
 
 A version becomes `active` only if it is at least as good as the active one on the same validation
-data (and, for `embed`, at least as good as the untuned backbone); otherwise it stays a `candidate`
+data (and, for a task whose spec says `must_beat_baseline` (embed), at least as good as its baseline);
+otherwise it stays a `candidate`
 with the reason recorded. Exactly one version per task and backbone is active at a time.
 """
 
@@ -13,13 +14,10 @@ from dataclasses import dataclass
 from sqlalchemy import select, text, update
 from sqlalchemy.orm import Session
 
+from kb_pipeline.errors import RegistryError
+from kb_pipeline.store.queries import active_version, active_versions, list_versions  # noqa: F401  (the registry's reads)
 from kb_pipeline.store.schema import AdapterVersion, utcnow
-
-TASKS = ("classify", "embed", "summarise")
-
-
-class RegistryError(ValueError):
-    """A registry operation that cannot be done; the message says why."""
+from kb_pipeline.tasks.registry import TASKS, get_task
 
 
 @dataclass(frozen=True)
@@ -31,36 +29,18 @@ class GateDecision:
 def gate(task: str, primary: str, metrics: dict, baseline: dict, active_now: dict | None) -> GateDecision:
     """Decide promotion from the new version's metrics and the active version's metrics on the same data."""
     new = float(metrics[primary])
-    if task == "embed" and new < float(baseline[primary]):
-        return GateDecision(False, f"{primary} {new:.4f} is below the untuned backbone's {float(baseline[primary]):.4f}")
+    spec = get_task(task)
+    if spec.must_beat_baseline and new < float(baseline[primary]):
+        floor = float(baseline[primary])
+        return GateDecision(False, f"{primary} {new:.4f} is below the baseline's {floor:.4f} ({spec.baseline})")
     if active_now is None:
         return GateDecision(True, f"first {task} adapter ({primary} {new:.4f})")
     old = float(active_now[primary])
     if new >= old:
         return GateDecision(True, f"{primary} {new:.4f} >= active {old:.4f}")
-    return GateDecision(False, f"{primary} {new:.4f} is below the active version's {old:.4f} on the same validation data")
-
-
-def active_version(session: Session, task: str, backbone_hash: str) -> AdapterVersion | None:
-    return session.scalars(
-        select(AdapterVersion).where(
-            AdapterVersion.task == task, AdapterVersion.backbone_hash == backbone_hash, AdapterVersion.status == "active"
-        )
-    ).first()
-
-
-def active_versions(session: Session, backbone_hash: str) -> dict[str, AdapterVersion]:
-    rows = session.scalars(
-        select(AdapterVersion).where(AdapterVersion.backbone_hash == backbone_hash, AdapterVersion.status == "active")
+    return GateDecision(
+        False, f"{primary} {new:.4f} is below the active version's {old:.4f} on the same validation data"
     )
-    return {row.task: row for row in rows}
-
-
-def list_versions(session: Session, task: str | None = None) -> list[AdapterVersion]:
-    query = select(AdapterVersion).order_by(AdapterVersion.task, AdapterVersion.id.desc())
-    if task:
-        query = query.where(AdapterVersion.task == task)
-    return list(session.scalars(query))
 
 
 def register(session: Session, version: AdapterVersion, decision: GateDecision) -> AdapterVersion:
@@ -115,7 +95,9 @@ def rollback(session: Session, task: str, backbone_hash: str | None = None) -> A
         .order_by(AdapterVersion.promoted_at.desc())
     ).first()
     if previous is None:
-        raise RegistryError(f"{task} version {current.id} is the only one that was ever active; nothing to roll back to")
+        raise RegistryError(
+            f"{task} version {current.id} is the only one that was ever active; nothing to roll back to"
+        )
     current.status = "retired"
     current.reason = f"rolled back; {current.reason}"
     session.flush()

@@ -17,6 +17,7 @@ import torch
 from torch import Tensor
 
 from kb_pipeline.backbone.heads import pool
+from kb_pipeline.tasks.encoding import encode
 
 # Chunks are at most KB_CHUNK_TOKENS (200) tokens plus the special tokens: 256 never truncates them.
 CHUNK_MAX_LENGTH = 256
@@ -138,8 +139,6 @@ def pooled_chunks_in_batches(
 
     Batches are length-sorted (less padding); results come back in input order.
     """
-    from kb_pipeline.training.tasks import encode
-
     order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
     vectors, counts = [], []
     with torch.no_grad():
