@@ -48,10 +48,11 @@ def run(
     s = env_settings()
     resolved = [str(p) for p in check_paths(paths)]
     _check_runner(s, runner, dask_address)
-    from flows.runtime import prefect_environment
+    from flows.runtime import prefect_environment, start_local_api
 
     prefect_environment(s)
     try:
+        start_local_api(s)
         with _dask(runner, dask_address, dask_workers) as address, _bars():
             from flows.pipeline import run_pipeline
 

@@ -42,6 +42,32 @@ def prefect_environment(settings: Settings) -> dict[str, str]:
     return applied
 
 
+def start_local_api(settings: Settings) -> None:
+    """Start Prefect's temporary local API now, one process at a time per KB.
+
+    Each `kb run` without PREFECT_API_URL starts its own temporary server on the KB's Prefect database,
+    and a server migrates that database as it starts: two first runs at once raced in those migrations
+    and one died. A file lock in Prefect's home makes the second wait until the first is up (seconds);
+    the runs themselves then go on side by side. Prefect keeps the server for the rest of the process.
+    """
+    if os.environ.get("PREFECT_API_URL"):
+        return
+    import fcntl
+
+    from prefect.server.api.server import SubprocessASGIServer
+    from prefect.settings import PREFECT_SERVER_EPHEMERAL_ENABLED
+
+    if not PREFECT_SERVER_EPHEMERAL_ENABLED.value():
+        return
+    settings.prefect_home.mkdir(parents=True, exist_ok=True)
+    with open(settings.prefect_home / "local-api-start.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            SubprocessASGIServer().start()
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
 def task_runner(dask_address: str | None):
     """Thread runner with one worker locally (SQLite and torch gain nothing from more), Dask when asked."""
     if dask_address:

@@ -76,8 +76,29 @@ def command(fn: Callable) -> Callable:
         except KBError as exc:
             err.print(f"[red]error:[/red] {data(exc.message)}", highlight=False, soft_wrap=True)
             raise typer.Exit(exc.exit_code) from None
+        except Exception as exc:
+            outage = _database_outage(exc)
+            if outage is None:
+                raise
+            err.print(f"[red]error:[/red] {data(outage)}", highlight=False, soft_wrap=True)
+            raise typer.Exit(1) from None
 
     return wrapper
+
+
+def _database_outage(exc: Exception) -> str | None:
+    """One line for a database that went away or stayed locked after the retries; None for anything else.
+
+    Every write is one transaction, so nothing half-written is kept and running the command again finishes it.
+    """
+    from sqlalchemy.exc import DBAPIError, IntegrityError
+
+    from kb_pipeline.store.db import is_transient
+
+    if not isinstance(exc, DBAPIError) or isinstance(exc, IntegrityError) or not is_transient(exc):
+        return None
+    first_line = str(exc.orig).strip().splitlines()[0] if str(exc.orig).strip() else type(exc.orig).__name__
+    return f"the database was unavailable ({first_line}); nothing half-written was kept: run the command again"
 
 
 def emit_json(value: Any) -> None:

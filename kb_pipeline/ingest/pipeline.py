@@ -15,14 +15,13 @@ to another run is retried as an update, never a traceback.
 from __future__ import annotations
 
 import os
-import random
 import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from sqlalchemy.exc import DBAPIError, IntegrityError
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from kb_pipeline.backbone.tokenizer import chunk_tokenizer
@@ -35,7 +34,7 @@ from kb_pipeline.ingest.sandbox import SandboxedReader
 from kb_pipeline.ingest.sources import FileEntry, file_sha256, in_scope, is_unchanged_fast, scan, source_root_and_scope
 from kb_pipeline.ingest.text_utils import ReadError
 from kb_pipeline.store import repo
-from kb_pipeline.store.db import session_factory
+from kb_pipeline.store.db import run_transaction, session_factory
 
 COUNT_KEYS = ("added", "updated", "unchanged", "deleted", "skipped", "errors")
 
@@ -181,36 +180,9 @@ def _resolve_source(Session, root: Path, scope: str):
         source, relative = repo.resolve_source(session, root, scope)
         return source, relative, repo.known_files(session, source.id, relative)
 
-    return _retrying(Session, resolve)
+    return run_transaction(Session, resolve)
 
 
-_ATTEMPTS = 6
-
-
-def _retrying(Session, work: Callable[[Session], object]):
-    """Run `work` in a transaction; a deadlock, serialisation failure or busy database is retried."""
-    for attempt in range(_ATTEMPTS):
-        try:
-            with Session.begin() as session:
-                return work(session)
-        except DBAPIError as exc:
-            if attempt == _ATTEMPTS - 1 or not _transient(exc):
-                raise
-            time.sleep(0.05 * 2**attempt * (0.5 + random.random()))
-
-
-def _transient(exc: DBAPIError) -> bool:
-    """Errors another transaction caused, which the same work run again can succeed past.
-
-    An IntegrityError is a lost race a retry resolves: the retry sees the row the other run committed.
-    """
-    if exc.connection_invalidated or isinstance(exc, IntegrityError):
-        return True
-    code = getattr(exc.orig, "sqlstate", None) or getattr(exc.orig, "pgcode", None)
-    if code in ("40001", "40P01", "55P03"):  # serialization failure, deadlock, lock not available
-        return True
-    message = str(exc.orig).lower()
-    return "database is locked" in message or "database is busy" in message
 
 
 class _Heartbeat:
@@ -344,7 +316,7 @@ def _write_batch(
     Session, source_id: int, batch: list[tuple[PendingFile, repo.NewDocument]], report: IngestReport
 ) -> None:
     """Write one batch in one transaction, retried whole if the database reports a deadlock or is busy."""
-    counts = _retrying(Session, lambda session: _write_locked(session, source_id, batch))
+    counts = run_transaction(Session, lambda session: _write_locked(session, source_id, batch))
     report.counts.update(counts)
 
 

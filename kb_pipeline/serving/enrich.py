@@ -32,7 +32,7 @@ from kb_pipeline.backbone.heads import l2_normalize, mean_pool
 from kb_pipeline.backbone.loading import Backbone, load_backbone
 from kb_pipeline.config import Settings
 from kb_pipeline.store import derived
-from kb_pipeline.store.db import session_factory
+from kb_pipeline.store.db import run_transaction, session_factory
 from kb_pipeline.store.queries import active_version, active_versions
 from kb_pipeline.store.schema import Chunk, Document
 from kb_pipeline.tasks.chunks import CHUNK_MAX_LENGTH, encode_chunks
@@ -160,11 +160,11 @@ def enrich_batch(
     """
     Session = session_factory(settings)
     report = EnrichReport(embed_key=models.embed_key, adapters=dict(models.versions))
-    with Session() as session:
-        docs = load_work(session, models, document_ids)
+    docs = run_transaction(Session, lambda session: load_work(session, models, document_ids))
     out = shared_pass(models, docs, batch_size)
     by_id = {doc.id: doc for doc in docs}
-    with Session.begin() as session:
+
+    def store(session) -> None:  # idempotent: upserts keyed by document / chunk, so a retry is safe
         if out.vectors:
             chunk_ids = sorted(out.vectors)
             version = {c.id: doc.version for doc in docs for c in doc.chunks}
@@ -177,6 +177,8 @@ def enrich_batch(
                 rows = [(d, by_id[d].version, output) for d, output in sorted(outputs.items())]
                 TASKS[task].outputs.save(session, rows, models.versions[task])
                 report.outputs[task] = len(rows)
+
+    run_transaction(Session, store)
     return report
 
 

@@ -99,7 +99,7 @@ def keyword_hits(session: Session, query: str, filters: Filters, limit: int) -> 
             .join(fts, fts.c.chunk_id == Chunk.id)
             .join(Document, Document.id == Chunk.document_id)
             .where(allowed_condition(filters))
-            .order_by(score.desc(), Chunk.id)
+            .order_by(score.desc(), Document.path, Chunk.ordinal)  # ties: stable across ingest histories
             .limit(limit),
             {"m": match},
         )
@@ -111,7 +111,7 @@ def keyword_hits(session: Session, query: str, filters: Filters, limit: int) -> 
             select(Chunk.id, Chunk.document_id, score)
             .join(Document, Document.id == Chunk.document_id)
             .where(vector.op("@@")(tsquery), allowed_condition(filters))
-            .order_by(score.desc(), Chunk.id)
+            .order_by(score.desc(), Document.path, Chunk.ordinal)  # ties: stable across ingest histories
             .limit(limit)
         )
     return [(int(c), int(d), float(s)) for c, d, s in rows]

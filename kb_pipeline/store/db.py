@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import functools
+import random
+import time
 from pathlib import Path
+from typing import Callable, TypeVar
 
 from alembic import command
 from alembic.config import Config
@@ -11,6 +14,7 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from alembic.util import CommandError
 from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -120,3 +124,38 @@ def dispose_engines() -> None:
     while _ENGINES:
         _ENGINES.pop().dispose()
     get_engine.cache_clear()
+
+
+T = TypeVar("T")
+TRANSACTION_ATTEMPTS = 6
+
+
+def run_transaction(Session: sessionmaker[Session], work: Callable[[Session], T]) -> T:
+    """Run `work` in a transaction; one that another run or a lost connection spoiled is run again.
+
+    `work` must be idempotent against the database (it re-reads what it needs), which is how every
+    writer of this package is written; a bug or bad data still raises at once.
+    """
+    for attempt in range(TRANSACTION_ATTEMPTS):
+        try:
+            with Session.begin() as session:
+                return work(session)
+        except DBAPIError as exc:
+            if attempt == TRANSACTION_ATTEMPTS - 1 or not is_transient(exc):
+                raise
+            time.sleep(0.05 * 2**attempt * (0.5 + random.random()))
+    raise AssertionError("unreachable")
+
+
+def is_transient(exc: DBAPIError) -> bool:
+    """Errors another transaction or the network caused, which the same work run again can succeed past.
+
+    An IntegrityError is a lost race a retry resolves: the retry sees the row the other run committed.
+    """
+    if exc.connection_invalidated or isinstance(exc, IntegrityError):
+        return True
+    code = getattr(exc.orig, "sqlstate", None) or getattr(exc.orig, "pgcode", None)
+    if code in ("40001", "40P01", "55P03", "57P01", "08006", "08003"):
+        return True  # serialization failure, deadlock, lock not available, admin shutdown, connection lost
+    message = str(exc.orig).lower()
+    return "database is locked" in message or "database is busy" in message

@@ -104,16 +104,14 @@ def save_labels(session: Session, rows: Sequence[dict], adapter_version: int) ->
         values.append(dict(common, kind="category", label=r["category"], score=float(r["category_score"])))
         values.extend(dict(common, kind="tag", label=tag, score=float(score)) for tag, score in r["tags"])
     if values:
-        session.execute(insert(PredictedLabel), values)
+        _upsert(session, PredictedLabel, values, ["document_id", "kind", "label"])
 
 
 def save_summaries(session: Session, rows: Sequence[dict], adapter_version: int) -> None:
     """rows: {document_id, document_version, summary}."""
     session.execute(delete(PredictedSummary).where(PredictedSummary.document_id.in_([r["document_id"] for r in rows])))
-    session.execute(
-        insert(PredictedSummary),
-        [dict(r, adapter_version=adapter_version, created_at=utcnow()) for r in rows],
-    )
+    _upsert(session, PredictedSummary, [dict(r, adapter_version=adapter_version, created_at=utcnow()) for r in rows],
+            ["document_id"])
 
 
 def save_embeddings(session: Session, embed_key: str, rows: Sequence[tuple[int, int]], vectors: np.ndarray) -> int:
@@ -130,8 +128,25 @@ def save_embeddings(session: Session, embed_key: str, rows: Sequence[tuple[int, 
         if cid in alive
     ]
     if values:
-        session.execute(insert(ChunkEmbedding), values)
+        _upsert(session, ChunkEmbedding, values, ["chunk_id", "embed_key"])
     return len(values)
+
+
+def _upsert(session: Session, model, values: list[dict], keys: list[str]) -> None:
+    """Insert rows; a row another enricher stored meanwhile (same key) is overwritten, not an error.
+
+    Two `kb enrich` at once compute the same outputs for the same document and adapter versions, so
+    the last writer winning is correct; a plain INSERT would make the slower one fail.
+    """
+    if session.get_bind().dialect.name == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert as dialect_insert
+    else:
+        from sqlalchemy.dialects.sqlite import insert as dialect_insert
+    statement = dialect_insert(model)
+    columns = [c for c in values[0] if c not in keys]
+    session.execute(
+        statement.on_conflict_do_update(index_elements=keys, set_={c: statement.excluded[c] for c in columns}), values
+    )
 
 
 def load_embeddings(session: Session, embed_key: str, chunk_ids: Iterable[int] | None = None) -> tuple[np.ndarray, np.ndarray]:
