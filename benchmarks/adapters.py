@@ -55,9 +55,8 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # `python benchmarks/adapters.py` puts benchmarks/, not the repo root, on the path
     sys.path.insert(0, str(ROOT))
 
-from benchmarks.report import versions as report_versions  # noqa: E402
-
 from benchmarks.bbc_data import Doc, load_bbc, load_bbc_split  # noqa: E402  (stdlib-only module)
+from benchmarks.report import versions as report_versions  # noqa: E402
 
 CLASSIFY_METHODS = ("full", "lora", "bottleneck")
 TARGETS = {  # adapter / full fine-tuning, from the same run

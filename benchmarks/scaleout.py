@@ -110,9 +110,9 @@ def main() -> None:
 
     prefect_environment(settings)
     try:
-        from flows.pipeline import enrich_flow, ingest_flow, _on
-        from kb_pipeline.store.db import session_factory
+        from flows.pipeline import _on, enrich_flow, ingest_flow
         from kb_pipeline.store import repo
+        from kb_pipeline.store.db import session_factory
 
         corpus = home / "corpus"
         for i in range(args.copies):

@@ -86,12 +86,11 @@ def write_articles(folder: Path, train: list[Doc], test: list[Doc], seed: int) -
 
 def pair_kinds(settings) -> dict:
     """What `embed_data` mines from this KB, by kind of query (the training data of the embed adapter)."""
-    from kb_pipeline.store.db import session_factory
-    from kb_pipeline.training import datasets
-
     from sqlalchemy import select
 
+    from kb_pipeline.store.db import session_factory
     from kb_pipeline.store.schema import GoldLabel
+    from kb_pipeline.training import datasets
 
     with session_factory(settings)() as session:
         split = datasets.embed_data(session)

@@ -8,21 +8,31 @@ from __future__ import annotations
 
 import os
 import signal
-from enum import Enum
+from enum import StrEnum
 from pathlib import Path
-from typing import List, Optional
 
 import typer
 
 from kb_pipeline.cli import app
 from kb_pipeline.cli.common import (
-    JsonOpt, UserError, clean, command, data, emit_json, err, out, progress_bar, settings as env_settings,
+    JsonOpt,
+    UserError,
+    clean,
+    command,
+    data,
+    emit_json,
+    err,
+    out,
+    progress_bar,
+)
+from kb_pipeline.cli.common import (
+    settings as env_settings,
 )
 
 __all__ = ["app"]
 
 
-class Runner(str, Enum):
+class Runner(StrEnum):
     local = "local"
     dask = "dask"
 
@@ -35,10 +45,10 @@ DaskWorkersOpt = typer.Option(2, "--dask-workers", min=1, help="Workers of the t
 @app.command()
 @command
 def run(
-    paths: List[Path] = typer.Argument(..., help="Folders or files to ingest."),
+    paths: list[Path] = typer.Argument(..., help="Folders or files to ingest."),
     retrain: bool = typer.Option(False, "--retrain", help="Train every adapter even if its data did not change."),
     runner: Runner = TaskRunnerOpt,
-    dask_address: Optional[str] = DaskAddressOpt,
+    dask_address: str | None = DaskAddressOpt,
     dask_workers: int = DaskWorkersOpt,
     json_out: bool = JsonOpt,
 ) -> None:
@@ -68,13 +78,13 @@ def run(
 @app.command()
 @command
 def serve(
-    paths: List[Path] = typer.Argument(..., help="Folders to ingest on the schedule."),
+    paths: list[Path] = typer.Argument(..., help="Folders to ingest on the schedule."),
     ingest_cron: str = typer.Option("*/15 * * * *", "--ingest-cron", help="When to ingest, enrich and index."),
     retrain_cron: str = typer.Option("0 2 * * *", "--retrain-cron", help="When to retrain adapters whose data changed."),
     host: str = typer.Option("127.0.0.1", "--host", help="Address the local Prefect server listens on (0.0.0.0: every interface)."),
     port: int = typer.Option(4200, "--port", help="Port of the local Prefect server started when PREFECT_API_URL is unset."),
     runner: Runner = TaskRunnerOpt,
-    dask_address: Optional[str] = DaskAddressOpt,
+    dask_address: str | None = DaskAddressOpt,
 ) -> None:
     """Serve scheduled ingestion and retraining (Ctrl-C stops the schedules, and the local server)."""
     from kb_pipeline.ingest.pipeline import check_paths

@@ -12,7 +12,7 @@ import hashlib
 import json
 import os
 import subprocess
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -294,7 +294,7 @@ def test_upgrading_a_filled_database_to_0004_keeps_rows_and_ids_and_never_reuses
                                                           DocumentAcl, IndexBuild)])
     tables = {t: meta.tables[t.__tablename__] for t in (Source, Document, Chunk, ChunkEmbedding, GoldLabel,
                                                         DocumentAcl, IndexBuild)}
-    now = datetime(2026, 11, 30, tzinfo=timezone.utc)
+    now = datetime(2026, 11, 30, tzinfo=UTC)
     with engine.begin() as c:
         source = c.execute(insert(tables[Source]).values(root="/r", created_at=now).returning(text("id"))).scalar()
         chunk_ids = []

@@ -3,17 +3,25 @@
 from __future__ import annotations
 
 import json
-from enum import Enum
+from enum import StrEnum
 from pathlib import Path
-from typing import List, Optional
 
 import typer
 
 from kb_pipeline.cli.common import (
-    JsonOpt, UserError, UserOpt, app, command, clean, data, emit_json, err, out, progress_bar,
+    JsonOpt,
+    UserError,
+    UserOpt,
+    app,
+    clean,
+    command,
+    data,
+    emit_json,
+    err,
+    out,
+    progress_bar,
     ready_settings,
 )
-
 
 index_app = typer.Typer(help="Check or rebuild the FAISS index.", no_args_is_help=True)
 users_app = typer.Typer(help="Users and the groups that grant access to restricted documents.", invoke_without_command=True)
@@ -21,7 +29,7 @@ app.add_typer(index_app, name="index")
 app.add_typer(users_app, name="users")
 
 
-class Mode(str, Enum):
+class Mode(StrEnum):
     hybrid = "hybrid"
     dense = "dense"
     keyword = "keyword"
@@ -61,22 +69,23 @@ def enrich(json_out: bool = JsonOpt) -> None:
 @app.command()
 @command
 def search(
-    query: Optional[str] = typer.Argument(None, help="What to look for."),
+    query: str | None = typer.Argument(None, help="What to look for."),
     k: int = typer.Option(10, "-k", min=1, max=1000, help="Number of documents."),
     mode: Mode = typer.Option(Mode.hybrid, "--mode"),
-    tag: List[str] = typer.Option([], "--tag", help="Only documents with this tag (repeatable)."),
-    category: Optional[str] = typer.Option(None, "--category"),
-    user: Optional[str] = typer.Option(
+    tag: list[str] = typer.Option([], "--tag", help="Only documents with this tag (repeatable)."),
+    category: str | None = typer.Option(None, "--category"),
+    user: str | None = typer.Option(
         None, "--user", help="Search as this user (their groups unlock documents); without it, public documents only."
     ),
-    queries: Optional[Path] = typer.Option(None, "--queries", help="JSONL file of {\"query\": ...} lines."),
+    queries: Path | None = typer.Option(None, "--queries", help="JSONL file of {\"query\": ...} lines."),
     json_out: bool = JsonOpt,
 ) -> None:
     """Hybrid keyword + dense search, filtered by tags, category and the user's access rights."""
     from kb_pipeline.indexing.sync import load_live_index
-    from kb_pipeline.serving.enrich import load_task_models
     from kb_pipeline.serving.access import reader_for
-    from kb_pipeline.serving.search import Filters, search as run_search
+    from kb_pipeline.serving.enrich import load_task_models
+    from kb_pipeline.serving.search import Filters
+    from kb_pipeline.serving.search import search as run_search
     from kb_pipeline.store.db import session_factory
 
     if (query is None) == (queries is None):
@@ -209,10 +218,9 @@ def users_add(
     json_out: bool = JsonOpt,
 ) -> None:
     """Create a user (or replace their groups)."""
+    from kb_pipeline.ingest.identifiers import MAX_IDENTIFIER_CHARS, normalise_identifiers
     from kb_pipeline.store import derived
     from kb_pipeline.store.db import session_factory
-
-    from kb_pipeline.ingest.identifiers import MAX_IDENTIFIER_CHARS, normalise_identifiers
 
     if not name.strip() or len(name) > MAX_IDENTIFIER_CHARS:
         raise UserError(f"user name must be 1 to {MAX_IDENTIFIER_CHARS} characters: {name[:40]!r}")
@@ -230,7 +238,7 @@ def users_add(
 
 @app.command()
 @command
-def export(user: Optional[str] = UserOpt, json_out: bool = JsonOpt) -> None:
+def export(user: str | None = UserOpt, json_out: bool = JsonOpt) -> None:
     """One JSON line per active document: gold labels beside the model's predictions, and its `acl`.
 
     Always JSON lines (--json is accepted for symmetry with the other commands).
@@ -249,7 +257,7 @@ def export(user: Optional[str] = UserOpt, json_out: bool = JsonOpt) -> None:
 @app.command()
 @command
 def tag(
-    doc: str = typer.Argument(..., help="Document id or path."), user: Optional[str] = UserOpt, json_out: bool = JsonOpt
+    doc: str = typer.Argument(..., help="Document id or path."), user: str | None = UserOpt, json_out: bool = JsonOpt
 ) -> None:
     """Predict category and tags for one document now (nothing is stored)."""
     from kb_pipeline.serving.on_demand import tag_document
@@ -266,9 +274,9 @@ def tag(
 @app.command()
 @command
 def summarise(
-    doc: Optional[str] = typer.Argument(None, help="Document id or path in the KB."),
-    file: Optional[Path] = typer.Option(None, "--file", help="Summarise a file that is not in the KB."),
-    user: Optional[str] = UserOpt,
+    doc: str | None = typer.Argument(None, help="Document id or path in the KB."),
+    file: Path | None = typer.Option(None, "--file", help="Summarise a file that is not in the KB."),
+    user: str | None = UserOpt,
     json_out: bool = JsonOpt,
 ) -> None:
     """Summarise one document (or any readable file) with the active summarise adapter."""

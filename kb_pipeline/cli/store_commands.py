@@ -3,15 +3,26 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import List, Optional
 
 import typer
 from rich.table import Table
 from rich.text import Text
 
 from kb_pipeline.cli.common import (
-    JsonOpt, UserError, UserOpt, app, clean, command, data, emit_json, err, out, progress_bar, ready_settings,
-    safe_url, settings,
+    JsonOpt,
+    UserError,
+    UserOpt,
+    app,
+    clean,
+    command,
+    data,
+    emit_json,
+    err,
+    out,
+    progress_bar,
+    ready_settings,
+    safe_url,
+    settings,
 )
 
 
@@ -37,11 +48,12 @@ def init(json_out: bool = JsonOpt) -> None:
 @app.command()
 @command
 def ingest(
-    paths: List[Path] = typer.Argument(..., help="Folders or files to ingest (recursively)."),
+    paths: list[Path] = typer.Argument(..., help="Folders or files to ingest (recursively)."),
     json_out: bool = JsonOpt,
 ) -> None:
     """Ingest md, txt, html, pdf and docx files; unchanged files are skipped, vanished ones tombstoned."""
-    from kb_pipeline.ingest.pipeline import check_paths, ingest as run_ingest
+    from kb_pipeline.ingest.pipeline import check_paths
+    from kb_pipeline.ingest.pipeline import ingest as run_ingest
 
     check_paths(paths)
     s = ready_settings()
@@ -61,7 +73,7 @@ def ingest(
         + f" in {counts['seconds']:.1f}s",
         highlight=False,
     )
-    for path, kind, message in report.errors + report.refused:
+    for _path, kind, message in report.errors + report.refused:
         err.print(f"[yellow]{data(kind)}[/yellow] {data(message)}", highlight=False)
     if report.errors or report.refused:
         err.print("See `kb errors` for the list.")
@@ -69,9 +81,9 @@ def ingest(
 
 @app.command()
 @command
-def docs(user: Optional[str] = UserOpt, json_out: bool = JsonOpt) -> None:
+def docs(user: str | None = UserOpt, json_out: bool = JsonOpt) -> None:
     """List active documents (with --user, those the user may read)."""
-    from kb_pipeline.serving.access import reader_for, readable_ids
+    from kb_pipeline.serving.access import readable_ids, reader_for
     from kb_pipeline.store import repo
     from kb_pipeline.store.db import session_factory
 
@@ -104,7 +116,7 @@ def docs(user: Optional[str] = UserOpt, json_out: bool = JsonOpt) -> None:
 @app.command()
 @command
 def show(
-    doc: str = typer.Argument(..., help="Document id or path."), user: Optional[str] = UserOpt, json_out: bool = JsonOpt
+    doc: str = typer.Argument(..., help="Document id or path."), user: str | None = UserOpt, json_out: bool = JsonOpt
 ) -> None:
     """Show one document: metadata, gold labels, access groups and chunks."""
     from kb_pipeline.serving.access import find_readable, not_found, reader_for
@@ -157,7 +169,7 @@ def _print_document(d: dict) -> None:
 
 @app.command()
 @command
-def stats(user: Optional[str] = UserOpt, json_out: bool = JsonOpt) -> None:
+def stats(user: str | None = UserOpt, json_out: bool = JsonOpt) -> None:
     """Counts of documents, chunks, labels and the last ingest run (with --user: of what the user may read)."""
     from kb_pipeline.serving.access import reader_for
     from kb_pipeline.serving.overview import document_stats
@@ -194,7 +206,7 @@ def stats(user: Optional[str] = UserOpt, json_out: bool = JsonOpt) -> None:
 @app.command()
 @command
 def errors(
-    run: Optional[int] = typer.Option(None, help="Ingest run id (default: the latest finished run)."),
+    run: int | None = typer.Option(None, help="Ingest run id (default: the latest finished run)."),
     json_out: bool = JsonOpt,
 ) -> None:
     """Files the last ingest run could not read, and why."""

@@ -23,8 +23,8 @@ import numpy as np
 
 from kb_pipeline.config import Settings
 from kb_pipeline.indexing.errors import IndexNotBuilt
-from kb_pipeline.indexing.locking import index_lock
 from kb_pipeline.indexing.fingerprints import fingerprints
+from kb_pipeline.indexing.locking import index_lock
 from kb_pipeline.indexing.vector_index import IndexConfig, IndexCorrupt, VectorIndex, diff_vectors, index_form
 from kb_pipeline.store import derived
 from kb_pipeline.store.db import session_factory

@@ -5,8 +5,9 @@ from __future__ import annotations
 import functools
 import random
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable, TypeVar
+from typing import TypeVar
 
 from alembic import command
 from alembic.config import Config
@@ -14,13 +15,11 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from alembic.util import CommandError
 from sqlalchemy import Engine, create_engine, event
-from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from kb_pipeline.config import Settings
-
-
 from kb_pipeline.errors import NotInitialised as SchemaError  # noqa: E402,F401  (the one error type)
 
 

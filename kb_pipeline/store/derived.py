@@ -7,7 +7,7 @@ exactly the affected rows without any bookkeeping.
 
 from __future__ import annotations
 
-from typing import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 import numpy as np
 from sqlalchemy import and_, delete, insert, select, update

@@ -6,12 +6,11 @@ models and the migrations equal.
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import (
     JSON,
-    LargeBinary,
     BigInteger,
     CheckConstraint,
     DateTime,
@@ -19,6 +18,7 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     MetaData,
     String,
     Text,
@@ -41,7 +41,7 @@ IdType = BigInteger().with_variant(Integer(), "sqlite")
 
 
 def utcnow() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 class Base(DeclarativeBase):
@@ -83,12 +83,12 @@ class Document(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
-    chunks: Mapped[list["Chunk"]] = relationship(
+    chunks: Mapped[list[Chunk]] = relationship(
         back_populates="document", cascade="all, delete-orphan", order_by="Chunk.ordinal"
     )
-    gold: Mapped["GoldLabel | None"] = relationship(cascade="all, delete-orphan")
-    gold_tags: Mapped[list["GoldTag"]] = relationship(cascade="all, delete-orphan")
-    acl: Mapped[list["DocumentAcl"]] = relationship(cascade="all, delete-orphan")
+    gold: Mapped[GoldLabel | None] = relationship(cascade="all, delete-orphan")
+    gold_tags: Mapped[list[GoldTag]] = relationship(cascade="all, delete-orphan")
+    acl: Mapped[list[DocumentAcl]] = relationship(cascade="all, delete-orphan")
 
 
 class Chunk(Base):

@@ -102,7 +102,7 @@ def _io_faults() -> dict:
                 raise OSError(errno.ENOSPC, "No space left on device", str(path))
             return real(path, data)
 
-        real = getattr(vector_index, "_write_file")
+        real = vector_index._write_file
         vector_index._write_file = write_file
 
     def eio_fsync():

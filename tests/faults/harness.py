@@ -80,7 +80,7 @@ class PostgresAdmin:
 class ForkServer:
     """Client of forkserver.py: one warm parent per test session (or benchmark run)."""
 
-    _shared: "ForkServer | None" = None
+    _shared: ForkServer | None = None
 
     def __init__(self, backbone_dir: Path) -> None:
         env = {k: v for k, v in os.environ.items() if not k.startswith(("KB_", "PREFECT_"))}
@@ -94,7 +94,7 @@ class ForkServer:
         self._ask_raw()  # {"ready": true} once warm
 
     @classmethod
-    def shared(cls, backbone_dir: Path) -> "ForkServer":
+    def shared(cls, backbone_dir: Path) -> ForkServer:
         if cls._shared is None or cls._shared.proc.poll() is not None:
             cls._shared = cls(backbone_dir)
         return cls._shared
@@ -110,7 +110,7 @@ class ForkServer:
         self.proc.stdin.flush()
         return self._ask_raw()
 
-    def start(self, args: list, env: dict, point: str = "") -> "Process":
+    def start(self, args: list, env: dict, point: str = "") -> Process:
         name = uuid.uuid4().hex[:10]
         out, err = self.logs / f"{name}.out", self.logs / f"{name}.err"
         pid = self.ask({"op": "start", "args": args, "env": env, "stdout": str(out), "stderr": str(err),
@@ -186,7 +186,7 @@ class FaultKB:
     backend: str = "sqlite"
     db_name: str = ""
     snapshots: set = field(default_factory=set)
-    server: "ForkServer | None" = None
+    server: ForkServer | None = None
 
     def __post_init__(self) -> None:
         self.home = self.root / "home"
@@ -219,7 +219,7 @@ class FaultKB:
         env["KB_FAULT_BARRIER"] = str(self.root / "barrier")  # read by crashpoint.py's meeting points only
         return env
 
-    def create(self) -> "FaultKB":
+    def create(self) -> FaultKB:
         if self.backend == "postgres":
             PostgresAdmin().execute(f'CREATE DATABASE "{self.db_name}"')
         self.home.mkdir(parents=True, exist_ok=True)
@@ -236,7 +236,7 @@ class FaultKB:
 
     # --- commands ----------------------------------------------------------------------------------
 
-    def start(self, *args: str, point: str = "") -> "Process":
+    def start(self, *args: str, point: str = "") -> Process:
         return self.server.start(list(args), self.env(), point)
 
     def run(self, *args: str, check: bool = True, timeout: float = 300) -> Outcome:

@@ -6,6 +6,7 @@ import pytest
 
 from faults import invariants
 
+
 @pytest.mark.parametrize("backend", ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
 def test_keyword_ranking_does_not_depend_on_history(backend, bench_for, tiny_backbone):
     bench = bench_for(backend)
