@@ -165,10 +165,11 @@ def run_classify(method: str, s: dict, gate: Gate | None = None) -> dict:
     from kb_pipeline.backbone.adapters import AdapterConfig, AdapterSet
     from kb_pipeline.backbone.heads import ClassifierHead, pool, pooled_size
     from kb_pipeline.backbone.loading import load_backbone
+    from kb_pipeline.tasks.encoding import encode, pooled_in_batches
     from kb_pipeline.training import losses
+    from kb_pipeline.training.base import set_mode
     from kb_pipeline.training.loop import TrainConfig, shuffled_batches, warmup_linear
     from kb_pipeline.training.metrics import accuracy, macro_f1
-    from kb_pipeline.training.tasks import encode, pooled_in_batches, set_mode
 
     rss_start = rss_now_mb()
     split = load_bbc_split(s["seed"], train_docs=s["train_docs"], test_docs=s["test_docs"])
@@ -287,9 +288,10 @@ def run_embed(s: dict) -> dict:
     torch.set_num_threads(s["threads"])
     from kb_pipeline.backbone.adapters import AdapterConfig, AdapterSet
     from kb_pipeline.backbone.loading import load_backbone
-    from kb_pipeline.training.embed import evaluate_pairs, train_embed
+    from kb_pipeline.training.base import Pair
+    from kb_pipeline.training.embed import evaluate_pairs
+    from kb_pipeline.training.embed import train as train_embed
     from kb_pipeline.training.loop import TrainConfig
-    from kb_pipeline.training.tasks import Pair
 
     split = load_bbc_split(
         s["seed"], train_docs=s["embed_train_docs"] or s["train_docs"], test_docs=s["test_docs"],

@@ -9,7 +9,7 @@ Setup, on a temporary KB home (SQLite): --max-docs files spread evenly over the 
 copied and ingested once; the three adapters are trained with `train_tasks` (each task's default TrainConfig,
 epochs capped by --train-epochs, steps by --train-steps) and all three made active; the database is snapshotted.
 
-1. Three tasks, shared vs separate (target: shared / separate <= 0.6). Both run `serving.enrich.shared_pass` on
+1. Three tasks, shared vs separate (target: shared / separate <= 0.6). Both run `enrich.shared_pass.shared_pass` on
    exactly the documents and batches `enrich()` would (plan_enrich -> load_work per batch), without SQL writes:
      shared     share=True, what `enrich_batch` runs: per batch of chunks (length-sorted, --batch-size), one
                 tokenisation and ONE forward through the frozen lower layers, then each task's adapted top layers
@@ -115,21 +115,22 @@ def subsample(corpus: Path, folder: Path, n: int) -> int:
 
 def chunk_texts(settings) -> list[str]:
     """Every active chunk's text in chunk-id order (what a fresh KB embeds)."""
-    from kb_pipeline.store import derived
+    from kb_pipeline.store import outputs
     from kb_pipeline.store.db import session_factory
 
     with session_factory(settings)() as session:
-        return [text for _, _, text in derived.chunks_needing_embedding(session, "benchmark:none")]
+        return [text for _, _, text in outputs.chunks_needing_embedding(session, "benchmark:none")]
 
 
 def train(settings, backbone, epochs: int, steps: int) -> dict:
     from kb_pipeline.store.db import session_factory
+    from kb_pipeline.tasks.registry import get_task
     from kb_pipeline.training import registry
-    from kb_pipeline.training.service import DEFAULT_TRAIN, train_tasks
+    from kb_pipeline.training.service import train_tasks
 
     out = {}
     for task in TASKS:
-        cfg = DEFAULT_TRAIN[task]
+        cfg = get_task(task).default_train
         cfg = replace(cfg, epochs=min(cfg.epochs, epochs) if epochs else cfg.epochs, max_steps=steps or None)
         t0 = time.perf_counter()
         [outcome] = train_tasks(settings, [task], backbone=backbone, train_config=cfg)
@@ -170,7 +171,7 @@ def raw_loop(backbone, texts: list[str], max_length: int) -> dict:
 
 def timed_enrich(settings, models, batch_size: int) -> dict:
     """plan_enrich + enrich_batch over every batch (SQL included), index sync excluded."""
-    from kb_pipeline.serving.enrich import EnrichReport, enrich_batch, plan_enrich
+    from kb_pipeline.enrich.shared_pass import EnrichReport, enrich_batch, plan_enrich
 
     start = time.perf_counter()
     plan = plan_enrich(settings, models)
@@ -184,7 +185,7 @@ def timed_enrich(settings, models, batch_size: int) -> dict:
 
 def work_batches(settings, models) -> list:
     """The documents of each batch of enrich's plan, as enrich_batch loads them."""
-    from kb_pipeline.serving.enrich import load_work, plan_enrich
+    from kb_pipeline.enrich.shared_pass import load_work, plan_enrich
     from kb_pipeline.store.db import session_factory
 
     with session_factory(settings)() as session:
@@ -192,7 +193,7 @@ def work_batches(settings, models) -> list:
 
 
 def timed_pass(models, batches, batch_size: int, share: bool) -> tuple[dict, object]:
-    from kb_pipeline.serving.enrich import PassOutput, shared_pass
+    from kb_pipeline.enrich.shared_pass import PassOutput, shared_pass
 
     merged = PassOutput()
     stats = {"batches": 0, "task_passes": 0, "chunks": 0, "rows": {}}
@@ -200,8 +201,8 @@ def timed_pass(models, batches, batch_size: int, share: bool) -> tuple[dict, obj
     for docs in batches:
         out = shared_pass(models, docs, batch_size, share=share)
         merged.vectors.update(out.vectors)
-        merged.labels.update(out.labels)
-        merged.summaries.update(out.summaries)
+        for task, by_doc in out.outputs.items():
+            merged.outputs.setdefault(task, {}).update(by_doc)
         stats["batches"] += out.stats["batches"]
         stats["task_passes"] += out.stats["task_passes"]
         stats["chunks"] += out.stats["chunks"]
@@ -217,9 +218,8 @@ def previous_design(models, batches, batch_size: int) -> dict:
     """The inputs enrichment read before chunk sharing, each task alone (timing only)."""
     import torch
 
-    from kb_pipeline.training.datasets import model_input
-    from kb_pipeline.training.summarise import MAX_SCORED, split_sentences
-    from kb_pipeline.training.tasks import pooled_in_batches
+    from kb_pipeline.tasks.encoding import model_input, pooled_in_batches
+    from kb_pipeline.tasks.summarise import MAX_SCORED, split_sentences
 
     adapters = models.adapters
     docs = [doc for group in batches for doc in group]
@@ -233,7 +233,7 @@ def previous_design(models, batches, batch_size: int) -> dict:
     with adapters.using("classify"), torch.no_grad():
         texts = [model_input(doc.title, doc.text) for doc in docs]
         for g in range(0, len(texts), batch_size):
-            pooled_in_batches(adapters, texts[g : g + batch_size], 128, models.classifier.config["pooling"], batch_size)
+            pooled_in_batches(adapters, texts[g : g + batch_size], 128, models.heads["classify"].config.pooling, batch_size)
     times["classify"] = time.perf_counter() - start
     start = time.perf_counter()
     with adapters.using("summarise"), torch.no_grad():
@@ -276,11 +276,12 @@ def quality(settings, out, queries) -> dict:
     val_c = sorted(validation_ids(sorted(labelled), keys=keys))
     val_s = sorted(validation_ids(sorted(summarised), keys=keys))
     result = {}
-    if val_c and out.labels:
-        truth, pred = [gold[d][0] for d in val_c], [out.labels[d]["category"] for d in val_c]
+    labels, summaries = out.outputs.get("classify", {}), out.outputs.get("summarise", {})
+    if val_c and labels:
+        truth, pred = [gold[d][0] for d in val_c], [labels[d].category for d in val_c]
         result["classify"] = {"accuracy": accuracy(truth, pred), "macro_f1": macro_f1(truth, pred), "docs": len(val_c)}
-    if val_s and out.summaries:
-        rouge = mean_rouge([out.summaries[d] for d in val_s], [gold[d][1] for d in val_s])
+    if val_s and summaries:
+        rouge = mean_rouge([summaries[d].text for d in val_s], [gold[d][1] for d in val_s])
         result["summarise"] = {"rougeL": rouge["rougeL"], "rouge1": rouge["rouge1"], "docs": len(val_s)}
     query_docs, query_vecs = queries
     if query_docs and out.vectors:
@@ -318,8 +319,8 @@ def run_benchmark(args) -> dict:
     from kb_pipeline.backbone.adapters import AdapterSet
     from kb_pipeline.backbone.loading import load_backbone
     from kb_pipeline.config import Settings
+    from kb_pipeline.enrich.shared_pass import EMBED_MAX_LENGTH, TaskModels, load_task_models
     from kb_pipeline.ingest.pipeline import ingest
-    from kb_pipeline.serving.enrich import EMBED_MAX_LENGTH, TaskModels, load_task_models
     from kb_pipeline.store.db import dispose_engines, session_factory, upgrade
     from kb_pipeline.store.schema import Document
 
@@ -407,10 +408,12 @@ def _differences(a, b) -> dict:
     import numpy as np
 
     vec = max((float(np.abs(a.vectors[c] - b.vectors[c]).max()) for c in a.vectors), default=0.0)
-    cat = max((abs(a.labels[d]["category_score"] - b.labels[d]["category_score"]) for d in a.labels), default=0.0)
+    la, lb = a.outputs.get("classify", {}), b.outputs.get("classify", {})
+    sa, sb = a.outputs.get("summarise", {}), b.outputs.get("summarise", {})
+    cat = max((abs(la[d].category_score - lb[d].category_score) for d in la), default=0.0)
     return {"embedding": vec, "category_score": cat,
-            "same_categories": all(a.labels[d]["category"] == b.labels[d]["category"] for d in a.labels),
-            "same_summaries": sum(a.summaries[d] == b.summaries[d] for d in a.summaries), "summaries": len(a.summaries)}
+            "same_categories": all(la[d].category == lb[d].category for d in la),
+            "same_summaries": sum(sa[d].text == sb[d].text for d in sa), "summaries": len(sa)}
 
 
 # ============================================================================ report

@@ -117,7 +117,7 @@ def evaluate(settings, runs: dict[str, dict], queries: list[tuple[str, int]], wa
     """runs: name -> {mode, index, embed}. Each query through every run (rotating order); metrics + latencies."""
     import numpy as np
 
-    from kb_pipeline.serving.search import search
+    from kb_pipeline.search.hybrid import search
     from kb_pipeline.store.db import session_factory
     from kb_pipeline.training.metrics import mrr_at_k, ndcg_at_k, recall_at_k
 
@@ -158,13 +158,14 @@ def run_benchmark(args) -> dict:
     from sqlalchemy import func, select
 
     from kb_pipeline.config import Settings
+    from kb_pipeline.enrich.shared_pass import enrich, load_task_models
     from kb_pipeline.indexing.sync import load_live_index
     from kb_pipeline.ingest.pipeline import ingest
-    from kb_pipeline.serving.enrich import enrich, load_task_models
     from kb_pipeline.store.db import dispose_engines, session_factory, upgrade
     from kb_pipeline.store.schema import Chunk, Document
+    from kb_pipeline.tasks.registry import get_task
     from kb_pipeline.training import registry
-    from kb_pipeline.training.service import DEFAULT_TRAIN, train_tasks
+    from kb_pipeline.training.service import train_tasks
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -214,7 +215,7 @@ def run_benchmark(args) -> dict:
 
         # ---- phase 2: the embed adapter the KB trains on its own mined pairs
         report["training_pairs"] = pair_kinds(settings)
-        cfg = DEFAULT_TRAIN["embed"]
+        cfg = get_task("embed").default_train
         log(f"training embed ({args.kind or 'lora'}, epochs={args.epochs or cfg.epochs}, batch {cfg.batch_size}, "
             f"max_length {cfg.max_length}); pairs: {report['training_pairs']}")
         last = [0.0]

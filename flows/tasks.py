@@ -131,7 +131,7 @@ _models_lock = threading.Lock()
 def task_models(settings: Settings):
     """The active adapters on the backbone, loaded once per process (per Dask worker), reloaded on promotion."""
     from kb_pipeline.backbone.loading import load_backbone
-    from kb_pipeline.serving.enrich import load_task_models
+    from kb_pipeline.enrich.shared_pass import load_task_models
     from kb_pipeline.store.queries import active_versions
 
     with _models_lock:
@@ -150,14 +150,14 @@ def task_models(settings: Settings):
 
 @task(name="plan-enrichment", **RETRIES)
 def plan_enrichment(settings: Settings, docs_per_batch: int):
-    from kb_pipeline.serving.enrich import plan_enrich
+    from kb_pipeline.enrich.shared_pass import plan_enrich
 
     return plan_enrich(settings, task_models(settings), docs_per_batch=docs_per_batch)
 
 
 @task(name="enrich-documents", task_run_name=_batch_name, **RETRIES)
 def enrich_documents(settings: Settings, document_ids: list[int]):
-    from kb_pipeline.serving.enrich import enrich_batch
+    from kb_pipeline.enrich.shared_pass import enrich_batch
 
     return enrich_batch(settings, task_models(settings), document_ids)
 
@@ -172,8 +172,8 @@ def update_index(settings: Settings, rebuild: bool = False) -> dict:
 
 @task(name="summarise-knowledge-base", **RETRIES)
 def knowledge_base_overview(settings: Settings, example_k: int = 3) -> dict:
-    from kb_pipeline.serving.overview import example_query, overview
-    from kb_pipeline.serving.search import open_searcher
+    from kb_pipeline.search.hybrid import open_searcher
+    from kb_pipeline.search.overview import example_query, overview
 
     models = task_models(settings)
     result = overview(settings, models)

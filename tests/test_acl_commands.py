@@ -21,11 +21,11 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-import kb_pipeline.serving.enrich as enrich_module
+import kb_pipeline.enrich.shared_pass as enrich_module
 from kb_pipeline.cli import app
+from kb_pipeline.enrich.shared_pass import enrich, load_task_models
 from kb_pipeline.ingest.pipeline import ingest
-from kb_pipeline.serving.enrich import enrich, load_task_models
-from kb_pipeline.store import derived
+from kb_pipeline.store import users
 from kb_pipeline.store.db import session_factory
 from kb_pipeline.training.loop import TrainConfig
 from kb_pipeline.training.service import train_tasks
@@ -106,7 +106,7 @@ def kb(settings, tmp_path, monkeypatch):
     with session_factory(settings).begin() as session:
         for name, groups in USERS.items():
             if groups is not None:
-                derived.add_user(session, name, groups)
+                users.add_user(session, name, groups)
     return tmp_path / "acl"
 
 

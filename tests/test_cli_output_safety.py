@@ -94,7 +94,7 @@ def test_error_messages_and_no_results_echo_input_literally(hostile):
 
 def test_tag_and_summarise_print_model_output_literally(hostile, monkeypatch):
     """Their output repeats the title and model output, which is built from the document's own words."""
-    import kb_pipeline.serving.on_demand as on_demand
+    import kb_pipeline.enrich.on_demand as on_demand
 
     monkeypatch.setattr(on_demand, "tag_document", lambda *a, **k: {
         "title": ESC_TITLE, "category": ESC_CATEGORY, "category_score": 0.9,

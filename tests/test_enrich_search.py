@@ -11,13 +11,13 @@ from hypothesis import settings as hsettings
 from hypothesis import strategies as st
 from sqlalchemy import select
 
+from kb_pipeline.enrich.on_demand import summarise_document, summarise_file, tag_document
+from kb_pipeline.enrich.shared_pass import enrich, enrich_batch, load_task_models, load_work, plan_enrich, shared_pass
 from kb_pipeline.indexing import sync
 from kb_pipeline.indexing.vector_index import VectorIndex
 from kb_pipeline.ingest.pipeline import ingest
-from kb_pipeline.serving.enrich import enrich, enrich_batch, load_task_models, load_work, plan_enrich, shared_pass
-from kb_pipeline.serving.on_demand import summarise_document, summarise_file, tag_document
-from kb_pipeline.serving.search import Filters, search
-from kb_pipeline.store import derived
+from kb_pipeline.search.hybrid import Filters, search
+from kb_pipeline.store import outputs, users
 from kb_pipeline.store.db import session_factory
 from kb_pipeline.store.schema import Document, PredictedLabel
 from kb_pipeline.tasks.encoding import model_input
@@ -59,7 +59,7 @@ def index_ids(settings, embed_key: str) -> set[int]:
 
 def db_chunk_ids(settings) -> set[int]:
     with session_factory(settings)() as s:
-        return set(derived.active_chunk_ids(s).tolist())
+        return set(outputs.active_chunk_ids(s).tolist())
 
 
 def test_index_ids_follow_the_database_through_add_update_delete(settings, tmp_path, backbone):
@@ -240,7 +240,7 @@ def test_anonymous_users_never_see_restricted_documents_and_members_do(searchabl
     assert len(anonymous) == 12  # 16 documents, 4 restricted to hr
     assert all("note 3" not in r["title"] and "note 7" not in r["title"] for r in anonymous)
     with session_factory(settings).begin() as s:
-        groups = derived.add_user(s, "hana", ["hr"])
+        groups = users.add_user(s, "hana", ["hr"])
     assert len(run(settings, models, "release procedure", k=16, filters=Filters(groups=tuple(groups)))) == 16
 
 

@@ -61,13 +61,13 @@ def test_old_import_paths_name_the_same_classes_with_their_old_builtin_bases():
     from kb_pipeline.backbone.paths import BackboneError
     from kb_pipeline.cli.common import UserError
     from kb_pipeline.config import ConfigError
+    from kb_pipeline.errors import NotAvailable
     from kb_pipeline.evaluation.errors import EvalError
     from kb_pipeline.indexing.errors import IndexNotBuilt, IndexWriteError
     from kb_pipeline.indexing.vector_index import IndexCorrupt
     from kb_pipeline.ingest.pipeline import IngestPathError
-    from kb_pipeline.serving.access import UnknownUser
-    from kb_pipeline.serving.errors import NotAvailable
-    from kb_pipeline.serving.search import SearchError
+    from kb_pipeline.search.access import UnknownUser
+    from kb_pipeline.search.hybrid import SearchError
     from kb_pipeline.store.db import SchemaError
 
     old = {

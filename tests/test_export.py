@@ -15,8 +15,8 @@ from typer.testing import CliRunner
 
 from kb_pipeline.cli import app
 from kb_pipeline.config import Settings
-from kb_pipeline.serving.access import OPERATOR, reader_for
-from kb_pipeline.serving.export import export_rows
+from kb_pipeline.search.access import OPERATOR, reader_for
+from kb_pipeline.search.export import export_rows
 from kb_pipeline.store.db import session_factory
 from tiny_models import single_threaded, tiny_bert_backbone
 

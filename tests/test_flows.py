@@ -105,9 +105,9 @@ def test_pipeline_flow_end_to_end_then_a_rerun_does_nothing(kb, tmp_path):
     assert example and example["results"], "the closing report shows one example search"
 
     # search finds the right document
+    from kb_pipeline.enrich.shared_pass import load_task_models
     from kb_pipeline.indexing.sync import load_live_index
-    from kb_pipeline.serving.enrich import load_task_models
-    from kb_pipeline.serving.search import search
+    from kb_pipeline.search.hybrid import search
 
     models = load_task_models(kb)
     with session_factory(kb)() as session:
@@ -149,8 +149,8 @@ def test_retrain_only_when_enough_labelled_data_changed(kb, tmp_path):
 
 def test_a_transient_failure_is_retried_and_the_run_succeeds(kb, tmp_path, monkeypatch):
     from flows import pipeline
+    from kb_pipeline.enrich import shared_pass as enrich_lib
     from kb_pipeline.ingest.pipeline import ingest
-    from kb_pipeline.serving import enrich as enrich_lib
 
     corpus = write_corpus(tmp_path / "corpus", n=4)
     upgrade(kb.database_url)
@@ -170,8 +170,8 @@ def test_a_transient_failure_is_retried_and_the_run_succeeds(kb, tmp_path, monke
 
 def test_a_permanent_failure_is_not_retried(kb, tmp_path, monkeypatch):
     from flows import pipeline
+    from kb_pipeline.enrich import shared_pass as enrich_lib
     from kb_pipeline.ingest.pipeline import ingest
-    from kb_pipeline.serving import enrich as enrich_lib
 
     corpus = write_corpus(tmp_path / "corpus", n=2)
     upgrade(kb.database_url)
@@ -190,8 +190,8 @@ def test_a_permanent_failure_is_not_retried(kb, tmp_path, monkeypatch):
 
 def _snapshot(settings: Settings) -> dict:
     """Documents, predicted categories and index entries by path, so two databases can be compared."""
+    from kb_pipeline.enrich.shared_pass import current_embed_key
     from kb_pipeline.indexing.sync import load_live_index
-    from kb_pipeline.serving.enrich import current_embed_key
 
     with session_factory(settings)() as session:
         docs = {uri: (title, version) for uri, title, version in session.execute(

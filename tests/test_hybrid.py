@@ -19,10 +19,10 @@ from pathlib import Path
 
 import pytest
 
+from kb_pipeline.enrich.shared_pass import enrich, load_task_models
 from kb_pipeline.indexing.sync import load_live_index
 from kb_pipeline.ingest.pipeline import ingest
-from kb_pipeline.serving.enrich import enrich, load_task_models
-from kb_pipeline.serving.search import MAX_QUERY_TERMS, query_terms, search
+from kb_pipeline.search.hybrid import MAX_QUERY_TERMS, query_terms, search
 from kb_pipeline.store.db import session_factory
 from kb_pipeline.training.metrics import mrr_at_k
 from tiny_models import single_threaded, tiny_bert_backbone

@@ -20,12 +20,12 @@ import pytest
 from sqlalchemy import MetaData, delete, func, insert, select, text, update
 from typer.testing import CliRunner
 
+from kb_pipeline.enrich.shared_pass import enrich, load_task_models
 from kb_pipeline.indexing import sync, vector_index
 from kb_pipeline.indexing.errors import IndexWriteError
 from kb_pipeline.indexing.vector_index import VectorIndex
 from kb_pipeline.ingest.pipeline import ingest
-from kb_pipeline.serving.enrich import enrich, load_task_models
-from kb_pipeline.store import derived
+from kb_pipeline.store import index_builds, outputs
 from kb_pipeline.store.db import alembic_config, dispose_engines, get_engine, session_factory, upgrade
 from kb_pipeline.store.schema import Chunk, ChunkEmbedding, Document, DocumentAcl, GoldLabel, IndexBuild, Source
 from tiny_models import single_threaded, tiny_bert_backbone
@@ -65,7 +65,7 @@ def settings_session(settings):
 
 def stored(settings, embed_key: str) -> tuple[np.ndarray, np.ndarray]:
     with settings_session(settings) as s:
-        return derived.load_embeddings(s, embed_key)
+        return outputs.load_embeddings(s, embed_key)
 
 
 def chunk_ids_of(settings, name: str) -> list[int]:
@@ -142,7 +142,7 @@ def test_an_index_file_replaced_behind_the_kbs_back_is_detected_and_rebuilt(sett
     enrich(settings, models=models)
     first = sync.load_live_index(settings, models.embed_key)  # loaded (and kept) by this process
     with settings_session(settings) as s:
-        live = derived.live_build(s)
+        live = index_builds.live_build(s)
         path, checksum = Path(live.path), live.checksum
     assert hashlib.sha256(path.read_bytes()).hexdigest() == checksum
 
@@ -157,7 +157,7 @@ def test_an_index_file_replaced_behind_the_kbs_back_is_detected_and_rebuilt(sett
     assert rebuilt is not first
     assert_index_holds_the_stored_vectors(settings, models.embed_key)
     with settings_session(settings) as s:
-        assert derived.live_build(s).id != live.id
+        assert index_builds.live_build(s).id != live.id
 
 
 def test_an_index_written_before_fingerprints_is_rebuilt(settings, tmp_path, backbone):
@@ -165,7 +165,7 @@ def test_an_index_written_before_fingerprints_is_rebuilt(settings, tmp_path, bac
     models = load_task_models(settings, backbone)
     enrich(settings, models=models)
     with settings_session(settings) as s:
-        live = derived.live_build(s)
+        live = index_builds.live_build(s)
     sidecar_path = Path(live.path).with_suffix(".json")
     sidecar = json.loads(sidecar_path.read_text())
     for key in ("fingerprint", "fingerprints"):
@@ -192,7 +192,7 @@ def full_disk_writer(real_write):
 
 def assert_previous_build_still_live(settings, folder: Path, live_before) -> None:
     with settings_session(settings) as s:
-        live = derived.live_build(s)
+        live = index_builds.live_build(s)
         statuses = dict(s.execute(select(IndexBuild.id, IndexBuild.status)).all())
     assert (live.id, live.path, live.checksum) == (live_before.id, live_before.path, live_before.checksum)
     assert hashlib.sha256(Path(live.path).read_bytes()).hexdigest() == live.checksum  # file intact
@@ -207,7 +207,7 @@ def test_a_full_disk_while_saving_keeps_the_previous_index_live(settings, tmp_pa
     models = load_task_models(settings, backbone)
     enrich(settings, models=models)
     with settings_session(settings) as s:
-        live_before = derived.live_build(s)
+        live_before = index_builds.live_build(s)
     write_doc(corpus, 4, "office plants")
     ingest(settings, [corpus])
 
@@ -226,13 +226,13 @@ def test_a_full_disk_while_saving_keeps_the_previous_index_live(settings, tmp_pa
 
 def test_kb_index_rebuild_on_a_full_disk_is_one_clear_line(settings, tmp_path, backbone, monkeypatch):
     from kb_pipeline.cli import app
-    from kb_pipeline.serving import enrich as enrich_module
+    from kb_pipeline.enrich import shared_pass as enrich_module
 
     ingest(settings, [four_docs(tmp_path / "c")])
     models = load_task_models(settings, backbone)
     enrich(settings, models=models)
     with settings_session(settings) as s:
-        live_before = derived.live_build(s)
+        live_before = index_builds.live_build(s)
     monkeypatch.setattr(enrich_module, "current_embed_key", lambda s: models.embed_key)
     monkeypatch.setattr(vector_index, "_write_file", full_disk_writer(vector_index._write_file))
     result = CliRunner().invoke(app, ["index", "rebuild"])
@@ -267,7 +267,7 @@ def test_a_really_full_disk_keeps_the_previous_index_live(kb_home, tmp_path, bac
         models = load_task_models(settings, backbone)
         enrich(settings, models=models)
         with settings_session(settings) as s:
-            live_before = derived.live_build(s)
+            live_before = index_builds.live_build(s)
         free = os.statvfs(settings.index_dir)
         (settings.index_dir / "filler").write_bytes(b"\0" * (free.f_bavail * free.f_frsize))  # nothing left
         write_doc(corpus, 4, "office plants")

@@ -320,20 +320,20 @@ def test_an_empty_acl_is_an_error_and_keeps_the_restricted_version(settings, cor
 
 
 def test_acl_group_names_are_normalised_like_user_groups(settings, corpus):
-    from kb_pipeline.store import derived
+    from kb_pipeline.store import users
 
     write(corpus / "hr" / "leave-policy.md", POLICY.replace("acl: [hr]", "acl: ['Human   Resources']"))
     ingest(settings, [corpus])
     with session_factory(settings).begin() as s:
-        assert derived.add_user(s, "hana", ["HUMAN RESOURCES ", " "]) == ["human resources"]
-        assert derived.add_user(s, "ola", ["human\tresources"]) == ["human resources"]
+        assert users.add_user(s, "hana", ["HUMAN RESOURCES ", " "]) == ["human resources"]
+        assert users.add_user(s, "ola", ["human\tresources"]) == ["human resources"]
     with session_factory(settings)() as s:
         doc = repo.find_document(s, str(corpus / "hr" / "leave-policy.md"))
         assert repo.document_labels(s, doc.id)["acl"] == ["human resources"]
-        for groups in (derived.user_groups(s, "hana"), ["Human  Resources"]):  # stored, or as a search passes them
-            visible = set(s.scalars(select(Document.id).where(derived.readable_filter(groups))))
+        for groups in (users.user_groups(s, "hana"), ["Human  Resources"]):  # stored, or as a search passes them
+            visible = set(s.scalars(select(Document.id).where(users.readable_filter(groups))))
             assert doc.id in visible
-        assert doc.id not in set(s.scalars(select(Document.id).where(derived.readable_filter(None))))
+        assert doc.id not in set(s.scalars(select(Document.id).where(users.readable_filter(None))))
 
 
 # --- runs ----------------------------------------------------------------------------------------

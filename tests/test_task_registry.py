@@ -20,8 +20,8 @@ from sqlalchemy import select
 from typer.testing import CliRunner
 
 from kb_pipeline.cli import app
+from kb_pipeline.enrich.shared_pass import enrich, load_task_models
 from kb_pipeline.ingest.pipeline import ingest
-from kb_pipeline.serving.enrich import enrich, load_task_models
 from kb_pipeline.store.db import session_factory
 from kb_pipeline.store.queries import active_version
 from kb_pipeline.store.schema import Document
@@ -247,7 +247,7 @@ def test_kb_train_and_kb_enrich_accept_a_registered_task(kb_home, tmp_path, leng
     """The CLI takes its task names from the registry: `kb train length` works, an unknown task is refused."""
     backbone = tiny_bert_backbone()
     monkeypatch.setattr("kb_pipeline.training.service.load_backbone", lambda *a, **k: backbone)
-    monkeypatch.setattr("kb_pipeline.serving.enrich.load_backbone", lambda *a, **k: backbone)
+    monkeypatch.setattr("kb_pipeline.enrich.shared_pass.load_backbone", lambda *a, **k: backbone)
     runner = CliRunner()
     assert runner.invoke(app, ["init"]).exit_code == 0
     assert runner.invoke(app, ["ingest", str(write_corpus(tmp_path / "c"))]).exit_code == 0
@@ -266,7 +266,7 @@ def test_kb_train_and_kb_enrich_accept_a_registered_task(kb_home, tmp_path, leng
 
 # ----------------------------------------------------------------------------- inference never imports training
 
-INFERENCE = ("serving", "tasks", "backbone", "indexing", "store", "ingest")
+INFERENCE = ("search", "enrich", "tasks", "backbone", "indexing", "store", "ingest")
 
 
 def imported_modules(path: Path, package: str) -> set[str]:
@@ -301,5 +301,5 @@ def test_inference_packages_never_import_training():
 def test_the_import_walk_sees_absolute_relative_and_nested_imports(tmp_path):
     probe = tmp_path / "probe.py"
     probe.write_text("def f():\n    from ..training import service\n    import kb_pipeline.training.loop\n")
-    found = imported_modules(probe, "kb_pipeline.serving")
+    found = imported_modules(probe, "kb_pipeline.search")
     assert {"kb_pipeline.training.service", "kb_pipeline.training.loop"} <= found

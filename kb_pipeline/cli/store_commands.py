@@ -83,7 +83,7 @@ def ingest(
 @command
 def docs(user: str | None = UserOpt, json_out: bool = JsonOpt) -> None:
     """List active documents (with --user, those the user may read)."""
-    from kb_pipeline.serving.access import readable_ids, reader_for
+    from kb_pipeline.search.access import readable_ids, reader_for
     from kb_pipeline.store import repo
     from kb_pipeline.store.db import session_factory
 
@@ -119,7 +119,7 @@ def show(
     doc: str = typer.Argument(..., help="Document id or path."), user: str | None = UserOpt, json_out: bool = JsonOpt
 ) -> None:
     """Show one document: metadata, gold labels, access groups and chunks."""
-    from kb_pipeline.serving.access import find_readable, not_found, reader_for
+    from kb_pipeline.search.access import find_readable, not_found, reader_for
     from kb_pipeline.store import repo
     from kb_pipeline.store.db import session_factory
 
@@ -171,8 +171,8 @@ def _print_document(d: dict) -> None:
 @command
 def stats(user: str | None = UserOpt, json_out: bool = JsonOpt) -> None:
     """Counts of documents, chunks, labels and the last ingest run (with --user: of what the user may read)."""
-    from kb_pipeline.serving.access import reader_for
-    from kb_pipeline.serving.overview import document_stats
+    from kb_pipeline.search.access import reader_for
+    from kb_pipeline.search.overview import document_stats
     from kb_pipeline.store import repo
     from kb_pipeline.store.db import session_factory
 

@@ -138,8 +138,8 @@ def run_eval(
 def _import_everything() -> None:
     import importlib
 
-    for module in ("kb_pipeline.ingest.pipeline", "kb_pipeline.training.service", "kb_pipeline.serving.enrich",
-                   "kb_pipeline.serving.search", "kb_pipeline.indexing.vector_index",
+    for module in ("kb_pipeline.ingest.pipeline", "kb_pipeline.training.service", "kb_pipeline.enrich.shared_pass",
+                   "kb_pipeline.search.hybrid", "kb_pipeline.indexing.vector_index",
                    "kb_pipeline.evaluation.baselines",
                    "kb_pipeline.evaluation.plots", "kb_pipeline.evaluation.report", "sklearn.linear_model",
                    "sklearn.feature_extraction.text", "rank_bm25", "matplotlib.backends.backend_agg"):
@@ -264,7 +264,7 @@ def _enrich(scratch: Settings, backbone, outcomes: dict, history: dict, train: S
     A trained adapter the gate kept as a candidate (only `embed` can be, in a fresh KB: it must beat
     the untuned backbone) is loaded anyway, so the report can show what it would have done.
     """
-    from kb_pipeline.serving.enrich import load_task_models
+    from kb_pipeline.enrich.shared_pass import load_task_models
 
     models = load_task_models(scratch, backbone)
     try:
@@ -275,8 +275,8 @@ def _enrich(scratch: Settings, backbone, outcomes: dict, history: dict, train: S
 
 
 def _enrich_with(scratch: Settings, models, outcomes: dict, history: dict, train: Sequence[GoldDoc]):
+    from kb_pipeline.enrich.shared_pass import TaskModels, enrich
     from kb_pipeline.evaluation.scratch import hidden
-    from kb_pipeline.serving.enrich import TaskModels, enrich
 
     for task, outcome in outcomes.items():
         if outcome.trained and task not in models.versions and task in history:

@@ -151,7 +151,7 @@ def score_search(scratch: Settings, docs: Sequence[GoldDoc], test: Sequence[Gold
     """Each test document's gold summary is a query whose one relevant answer is that document."""
     from kb_pipeline.evaluation.baselines import bm25_rankings
     from kb_pipeline.evaluation.scratch import acl_groups
-    from kb_pipeline.serving.search import Filters, Searcher
+    from kb_pipeline.search.hybrid import Filters, Searcher
     from kb_pipeline.store.db import session_factory
 
     queries = [(d.summary, d.doc_id) for d in test if d.summary]
@@ -198,9 +198,9 @@ def score_search(scratch: Settings, docs: Sequence[GoldDoc], test: Sequence[Gold
 def _index(session, embed_key: str):
     """An in-memory exact index of the stored vectors of one embedder (the scratch KB holds two)."""
     from kb_pipeline.indexing.vector_index import VectorIndex
-    from kb_pipeline.store import derived
+    from kb_pipeline.store import outputs
 
-    ids, vectors = derived.load_embeddings(session, embed_key)
+    ids, vectors = outputs.load_embeddings(session, embed_key)
     return VectorIndex.build(ids, vectors)
 
 

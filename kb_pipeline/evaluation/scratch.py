@@ -108,7 +108,7 @@ def acl_groups(settings: Settings) -> tuple[str, ...] | None:
 
 def predictions(settings: Settings, doc_ids: Sequence[int]) -> dict[int, dict]:
     """doc id -> {"category", "tags", "summary"} as enrichment stored them (via `kb export`'s rows)."""
-    from kb_pipeline.serving.export import export_rows
+    from kb_pipeline.search.export import export_rows
 
     wanted = set(doc_ids)
     out = {}

@@ -26,7 +26,7 @@ from kb_pipeline.indexing.errors import IndexNotBuilt
 from kb_pipeline.indexing.fingerprints import fingerprints
 from kb_pipeline.indexing.locking import index_lock
 from kb_pipeline.indexing.vector_index import IndexConfig, IndexCorrupt, VectorIndex, diff_vectors, index_form
-from kb_pipeline.store import derived
+from kb_pipeline.store import index_builds, outputs
 from kb_pipeline.store.db import session_factory
 
 # Loaded live indexes, by file: (path, device, inode, size, mtime_ns, recorded checksum) -> index. A file
@@ -37,13 +37,13 @@ _LOADED_MAX = 4  # index folders (KB homes) per process; one file each
 
 
 def expected_ids(session, embed_key: str) -> np.ndarray:
-    ids, _ = derived.load_embeddings(session, embed_key)
+    ids, _ = outputs.load_embeddings(session, embed_key)
     return ids
 
 
 def expected_vectors(session, embed_key: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(ids, vectors as the index stores them, their fingerprints) of the DB's active chunks."""
-    ids, vectors = derived.load_embeddings(session, embed_key)
+    ids, vectors = outputs.load_embeddings(session, embed_key)
     vectors = index_form(vectors)
     return ids, vectors, fingerprints(vectors)
 
@@ -71,7 +71,7 @@ def _sync(
     Session = session_factory(settings)
     with index_lock(folder):
         with Session() as session:
-            live = derived.live_build(session)
+            live = index_builds.live_build(session)
             live_info = (live.embed_key, live.path, live.checksum) if live else None
             ids, vectors, fps = expected_vectors(session, embed_key)
         index, problem = None, None
@@ -114,21 +114,21 @@ def _publish(Session, folder: Path, embed_key: str, index: VectorIndex) -> Path:
         return folder / f"{build_id:06d}-{embed_key.replace(':', '-')}.faiss"
 
     with Session.begin() as session:
-        derived.fail_builds(session, folder=str(folder))
-        build_id = derived.start_build(session, embed_key, index.kind, lambda i: str(path_for(i)))
+        index_builds.fail_builds(session, folder=str(folder))
+        build_id = index_builds.start_build(session, embed_key, index.kind, lambda i: str(path_for(i)))
     path = path_for(build_id)
     for litter in folder.glob(".*.tmp"):
         litter.unlink(missing_ok=True)
     try:
         checksum = index.save(path, {"embed_key": embed_key, "build": build_id})
         with Session.begin() as session:
-            derived.finish_build(session, build_id, len(index), checksum, str(path))
+            index_builds.finish_build(session, build_id, len(index), checksum, str(path))
     except BaseException:
         path.unlink(missing_ok=True)
         path.with_suffix(".json").unlink(missing_ok=True)
         try:
             with Session.begin() as session:
-                derived.fail_builds(session, [build_id])
+                index_builds.fail_builds(session, [build_id])
         except Exception:  # noqa: BLE001 (the database is the problem: the next writer marks it failed)
             pass
         raise
@@ -206,9 +206,9 @@ def check_index(settings: Settings, embed_key: str) -> dict:
     and the fingerprints are recomputed from the vectors in it rather than read from its sidecar.
     """
     with session_factory(settings)() as session:
-        live = derived.live_build(session)
+        live = index_builds.live_build(session)
         ids, _, fps = expected_vectors(session, embed_key)
-        chunks = len(derived.active_chunk_ids(session))
+        chunks = len(outputs.active_chunk_ids(session))
     result = {"embed_key": embed_key, "db_vectors": int(len(ids)), "active_chunks": chunks, "live_build": None}
     if live is None:
         return result | {"ok": False, "problem": "no index has been built yet: run `kb enrich`"}

@@ -17,7 +17,7 @@ from sqlalchemy.orm import Session
 from torch import Tensor, nn
 
 from kb_pipeline.backbone.heads import ClassifierHead, load_head
-from kb_pipeline.store import derived
+from kb_pipeline.store import outputs
 from kb_pipeline.store.queries import gold_tags_by_document
 from kb_pipeline.store.schema import Document, GoldLabel
 from kb_pipeline.tasks.chunks import (
@@ -206,11 +206,11 @@ def fingerprint_rows(session: Session) -> list[tuple]:
 
 
 def _needing(session: Session, version: int, ids: Sequence[int] | None) -> list[int]:
-    return [d for d, *_ in derived.docs_needing_labels(session, version, ids)]
+    return [d for d, *_ in outputs.docs_needing_labels(session, version, ids)]
 
 
 def _save(session: Session, rows: Sequence[tuple[int, int, Labels]], version: int) -> None:
-    derived.save_labels(
+    outputs.save_labels(
         session, [dict(out.as_row(), document_id=d, document_version=v) for d, v, out in rows], version
     )
 

@@ -22,7 +22,7 @@ from sqlalchemy.orm import Session
 from torch import Tensor
 
 from kb_pipeline.backbone.heads import SentenceScorer, load_head, position_features, span_mean
-from kb_pipeline.store import derived
+from kb_pipeline.store import outputs
 from kb_pipeline.store.schema import Document, GoldLabel
 from kb_pipeline.tasks.chunks import CHUNK_MAX_LENGTH, EncodedChunk, Slot, chunk_spans, encode_chunks, sentence_slots
 from kb_pipeline.tasks.encoding import pad_batch, pad_id, token_limit
@@ -311,11 +311,11 @@ def fingerprint_rows(session: Session) -> list[tuple]:
 
 
 def _needing(session: Session, version: int, ids: Sequence[int] | None) -> list[int]:
-    return [d for d, *_ in derived.docs_needing_summary(session, version, ids)]
+    return [d for d, *_ in outputs.docs_needing_summary(session, version, ids)]
 
 
 def _save(session: Session, rows: Sequence[tuple[int, int, Summary]], version: int) -> None:
-    derived.save_summaries(
+    outputs.save_summaries(
         session, [dict(document_id=d, document_version=v, summary=out.text) for d, v, out in rows], version
     )
 

@@ -37,7 +37,7 @@ def _kill_on_call(module, name: str, *, nth: int = 1, after: bool = False) -> No
 
 def _index_points() -> dict:
     from kb_pipeline.indexing import sync, vector_index
-    from kb_pipeline.store import derived
+    from kb_pipeline.store import index_builds
 
     # the writer of one file: _write_file (write + fsync) in the current vector_index, else fsync_path
     writer = "_write_file" if hasattr(vector_index, "_write_file") else "fsync_path"
@@ -63,11 +63,11 @@ def _index_points() -> dict:
         Path.glob = glob
 
     return {
-        "index:build-row": lambda: _kill_on_call(derived, "start_build", after=True),  # 'building' row, no file
+        "index:build-row": lambda: _kill_on_call(index_builds, "start_build", after=True),  # 'building' row, no file
         "index:temp-written": lambda: _kill_on_call(vector_index, writer, nth=1, after=True),
         "index:sidecar-written": lambda: _kill_on_call(vector_index, writer, nth=2, after=True),
         "index:renamed": after_sidecar_rename,
-        "index:finish-uncommitted": lambda: _kill_on_call(derived, "finish_build", after=True),
+        "index:finish-uncommitted": lambda: _kill_on_call(index_builds, "finish_build", after=True),
         "index:committed": before_cleanup,
         "index:reported": lambda: _kill_on_call(sync, "_report"),
     }
@@ -118,7 +118,7 @@ def _barriers() -> dict:
     """Make concurrent commands meet before a step, so their race is certain instead of lucky."""
     import time
 
-    from kb_pipeline.store import derived
+    from kb_pipeline.store import outputs
 
     def meet_before(module, name: str) -> None:
         folder, real, done = Path(os.environ["KB_FAULT_BARRIER"]), getattr(module, name), []
@@ -140,7 +140,7 @@ def _barriers() -> dict:
 
         meet_before(flows.runtime, "start_local_api")  # both start Prefect's local API on one home at once
 
-    return {"meet:save-embeddings": lambda: meet_before(derived, "save_embeddings"), "meet:run-pipeline": pipeline}
+    return {"meet:save-embeddings": lambda: meet_before(outputs, "save_embeddings"), "meet:run-pipeline": pipeline}
 
 
 def points(phase: str) -> list[str]:

@@ -24,10 +24,10 @@ import traceback
 
 def warm_up(backbone_dir: str) -> None:
     import flows.cli  # noqa: F401  the `kb` app and every command module
+    import kb_pipeline.enrich.shared_pass  # noqa: F401
     import kb_pipeline.indexing.sync  # noqa: F401
     import kb_pipeline.ingest.pipeline  # noqa: F401
-    import kb_pipeline.serving.enrich  # noqa: F401
-    import kb_pipeline.serving.search  # noqa: F401
+    import kb_pipeline.search.hybrid  # noqa: F401
     import kb_pipeline.training.service  # noqa: F401
     from kb_pipeline.backbone.loading import load_backbone
 

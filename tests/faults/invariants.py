@@ -110,12 +110,12 @@ def _adapters(session, settings: Settings) -> list[str]:
 def _index(session, settings: Settings, backbone) -> list[str]:
     from kb_pipeline.indexing.sync import check_index
     from kb_pipeline.indexing.vector_index import VectorIndex
-    from kb_pipeline.store import derived
+    from kb_pipeline.store import index_builds, outputs
 
     embed_key = current_embed_key(settings, backbone)
     problems = []
-    active = derived.active_chunk_ids(session)
-    ids, vectors = derived.load_embeddings(session, embed_key)
+    active = outputs.active_chunk_ids(session)
+    ids, vectors = outputs.load_embeddings(session, embed_key)
     if len(ids) != len(active) or not np.array_equal(ids, active):
         problems.append(f"{len(np.setdiff1d(active, ids))} active chunks have no vector under {embed_key}")
     per_chunk = session.execute(
@@ -124,7 +124,7 @@ def _index(session, settings: Settings, backbone) -> list[str]:
     ).first()
     if per_chunk:
         problems.append(f"chunk {per_chunk[0]} has several vectors under {embed_key}")
-    live = derived.live_build(session)
+    live = index_builds.live_build(session)
     if live is None:
         return problems + ["no live index build"]
     if live.embed_key != embed_key:
@@ -164,7 +164,7 @@ def _sha256(path: Path) -> str:
 
 
 def current_embed_key(settings: Settings, backbone=None) -> str:
-    from kb_pipeline.serving.enrich import current_embed_key as key
+    from kb_pipeline.enrich.shared_pass import current_embed_key as key
     from kb_pipeline.training import registry
 
     if backbone is None:
@@ -177,7 +177,7 @@ def current_embed_key(settings: Settings, backbone=None) -> str:
 def snapshot(settings: Settings, *, index: bool = True, backbone=None) -> dict:
     """What a clean build and a recovered one must share: documents, chunk texts, keyword search, and
     (with the index) every chunk's vector and the live index's dense search results."""
-    from kb_pipeline.serving.search import Filters, keyword_hits, search
+    from kb_pipeline.search.hybrid import Filters, keyword_hits, search
 
     Session = session_factory(settings)
     with Session() as session:
@@ -199,16 +199,16 @@ def snapshot(settings: Settings, *, index: bool = True, backbone=None) -> dict:
 
 
 def _dense_snapshot(session, settings: Settings, backbone) -> dict:
+    from kb_pipeline.enrich.shared_pass import load_task_models
     from kb_pipeline.indexing.vector_index import VectorIndex
-    from kb_pipeline.serving.enrich import load_task_models
-    from kb_pipeline.store import derived
+    from kb_pipeline.store import index_builds, outputs
 
     names = {cid: (path, ordinal) for cid, path, ordinal in session.execute(
         select(Chunk.id, Document.path, Chunk.ordinal).join(Document).where(Document.status == "active"))}
     models = load_task_models(settings, backbone)
     try:
-        ids, vectors = derived.load_embeddings(session, models.embed_key)
-        vindex, _ = VectorIndex.load(Path(derived.live_build(session).path))
+        ids, vectors = outputs.load_embeddings(session, models.embed_key)
+        vindex, _ = VectorIndex.load(Path(index_builds.live_build(session).path))
         scores, hits = vindex.search(np.asarray(models.embed(list(QUERIES)), dtype=np.float32), 8)
     finally:
         models.adapters.close()

@@ -13,11 +13,11 @@ FAULTS = ["io:enospc-write", "io:eio-fsync", "io:enospc-sidecar"]
 
 
 def _live(settings):
-    from kb_pipeline.store import derived
+    from kb_pipeline.store import index_builds
     from kb_pipeline.store.db import dispose_engines, session_factory
 
     with session_factory(settings)() as session:
-        build = derived.live_build(session)
+        build = index_builds.live_build(session)
         result = (build.id, build.path, build.checksum) if build else None
     dispose_engines()
     return result

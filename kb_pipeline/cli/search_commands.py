@@ -1,4 +1,4 @@
-"""`kb enrich`, `kb search`, `kb index`, `kb users`, `kb export`, `kb tag`, `kb summarise`."""
+"""`kb search`, `kb export`, `kb tag`, `kb summarise`: what the knowledge base says about its documents."""
 
 from __future__ import annotations
 
@@ -17,53 +17,15 @@ from kb_pipeline.cli.common import (
     command,
     data,
     emit_json,
-    err,
     out,
-    progress_bar,
     ready_settings,
 )
-
-index_app = typer.Typer(help="Check or rebuild the FAISS index.", no_args_is_help=True)
-users_app = typer.Typer(help="Users and the groups that grant access to restricted documents.", invoke_without_command=True)
-app.add_typer(index_app, name="index")
-app.add_typer(users_app, name="users")
 
 
 class Mode(StrEnum):
     hybrid = "hybrid"
     dense = "dense"
     keyword = "keyword"
-
-
-@app.command()
-@command
-def enrich(json_out: bool = JsonOpt) -> None:
-    """Tag, summarise and embed everything new or stale, then bring the index up to date."""
-    from kb_pipeline.serving.enrich import enrich as run_enrich
-
-    s = ready_settings()
-    with progress_bar() as bar:
-        bars: dict[str, int] = {}
-
-        def on_progress(stage: str, done: int, total: int) -> None:
-            if stage not in bars:
-                bars[stage] = bar.add_task(stage, total=total, detail="")
-            bar.update(bars[stage], completed=done, total=total)
-
-        report = run_enrich(s, on_progress=on_progress)
-    data = report.as_dict()
-    if json_out:
-        emit_json(data)
-        return
-    missing = [t for t in ("classify", "summarise") if t not in report.adapters]
-    out.print(
-        f"{report.tagged} documents tagged, {report.summarised} summarised, {report.embedded} chunks embedded "
-        f"({report.embed_key}); index {data['index']['action']}, {data['index']['count']} vectors "
-        f"in {report.seconds:.1f}s",
-        highlight=False,
-    )
-    if missing:
-        err.print(f"No active {' or '.join(missing)} adapter yet: run `kb train all` for tags and summaries.")
 
 
 @app.command()
@@ -81,11 +43,11 @@ def search(
     json_out: bool = JsonOpt,
 ) -> None:
     """Hybrid keyword + dense search, filtered by tags, category and the user's access rights."""
+    from kb_pipeline.enrich.shared_pass import load_task_models
     from kb_pipeline.indexing.sync import load_live_index
-    from kb_pipeline.serving.access import reader_for
-    from kb_pipeline.serving.enrich import load_task_models
-    from kb_pipeline.serving.search import Filters
-    from kb_pipeline.serving.search import search as run_search
+    from kb_pipeline.search.access import reader_for
+    from kb_pipeline.search.hybrid import Filters
+    from kb_pipeline.search.hybrid import search as run_search
     from kb_pipeline.store.db import session_factory
 
     if (query is None) == (queries is None):
@@ -157,85 +119,6 @@ def _print_results(query: str, results: list[dict]) -> None:
         out.print(f"   {clean(r['snippet'])}", markup=False)
 
 
-@index_app.command("check")
-@command
-def index_check(json_out: bool = JsonOpt) -> None:
-    """Compare the index with the database (ids, count, checksum) without changing anything."""
-    from kb_pipeline.indexing.sync import check_index
-    from kb_pipeline.serving.enrich import current_embed_key
-
-    s = ready_settings()
-    result = check_index(s, current_embed_key(s))
-    if json_out:
-        emit_json(result)
-    else:
-        verdict = "[green]ok[/green]" if result["ok"] else f"[red]not in sync[/red] {data(result.get('problem', ''))}"
-        out.print(f"index: {verdict}")
-        out.print(clean(json.dumps(result, indent=2), multiline=True), highlight=False, markup=False)
-    if not result["ok"]:
-        raise typer.Exit(1)
-
-
-@index_app.command("rebuild")
-@command
-def index_rebuild(json_out: bool = JsonOpt) -> None:
-    """Rebuild the index from stored embeddings (no re-encoding) and swap it in when complete."""
-    from kb_pipeline.indexing.sync import sync_index
-    from kb_pipeline.serving.enrich import current_embed_key
-
-    s = ready_settings()
-    result = sync_index(s, current_embed_key(s), rebuild=True)
-    if json_out:
-        emit_json(result)
-    else:
-        out.print(f"index rebuilt: {result['count']} vectors ({result['kind']}) at {result['path']}", highlight=False)
-
-
-@users_app.callback()
-@command
-def users(ctx: typer.Context, json_out: bool = JsonOpt) -> None:
-    """List users and their groups."""
-    if ctx.invoked_subcommand is not None:
-        return
-    from kb_pipeline.store import derived
-    from kb_pipeline.store.db import session_factory
-
-    s = ready_settings()
-    with session_factory(s)() as session:
-        rows = derived.list_users(session)
-    if json_out:
-        emit_json(rows)
-        return
-    for row in rows:
-        out.print(f"{clean(row['name'])}: {clean(', '.join(row['groups'])) or '(no groups)'}", markup=False)
-
-
-@users_app.command("add")
-@command
-def users_add(
-    name: str = typer.Argument(...),
-    groups: str = typer.Option("", "--groups", help="Comma-separated groups, e.g. hr,finance."),
-    json_out: bool = JsonOpt,
-) -> None:
-    """Create a user (or replace their groups)."""
-    from kb_pipeline.ingest.identifiers import MAX_IDENTIFIER_CHARS, normalise_identifiers
-    from kb_pipeline.store import derived
-    from kb_pipeline.store.db import session_factory
-
-    if not name.strip() or len(name) > MAX_IDENTIFIER_CHARS:
-        raise UserError(f"user name must be 1 to {MAX_IDENTIFIER_CHARS} characters: {name[:40]!r}")
-    too_long = [g for g in normalise_identifiers(groups.split(",")) if len(g) > MAX_IDENTIFIER_CHARS]
-    if too_long:
-        raise UserError(f"--groups: {too_long[0][:40]!r}... is longer than {MAX_IDENTIFIER_CHARS} characters")
-    s = ready_settings()
-    with session_factory(s).begin() as session:
-        groups_now = derived.add_user(session, name, groups.split(","))
-    if json_out:
-        emit_json({"name": name, "groups": groups_now})
-    else:
-        out.print(f"{clean(name)}: {clean(', '.join(groups_now)) or '(no groups)'}", markup=False)
-
-
 @app.command()
 @command
 def export(user: str | None = UserOpt, json_out: bool = JsonOpt) -> None:
@@ -243,8 +126,8 @@ def export(user: str | None = UserOpt, json_out: bool = JsonOpt) -> None:
 
     Always JSON lines (--json is accepted for symmetry with the other commands).
     """
-    from kb_pipeline.serving.access import reader_for
-    from kb_pipeline.serving.export import export_rows
+    from kb_pipeline.search.access import reader_for
+    from kb_pipeline.search.export import export_rows
     from kb_pipeline.store.db import session_factory
 
     s = ready_settings()
@@ -260,7 +143,7 @@ def tag(
     doc: str = typer.Argument(..., help="Document id or path."), user: str | None = UserOpt, json_out: bool = JsonOpt
 ) -> None:
     """Predict category and tags for one document now (nothing is stored)."""
-    from kb_pipeline.serving.on_demand import tag_document
+    from kb_pipeline.enrich.on_demand import tag_document
 
     result = tag_document(ready_settings(), doc, user=user)
     if json_out:
@@ -280,7 +163,7 @@ def summarise(
     json_out: bool = JsonOpt,
 ) -> None:
     """Summarise one document (or any readable file) with the active summarise adapter."""
-    from kb_pipeline.serving.on_demand import summarise_document, summarise_file
+    from kb_pipeline.enrich.on_demand import summarise_document, summarise_file
 
     if (doc is None) == (file is None):
         raise UserError("give either a DOC or --file PATH")

@@ -6,8 +6,8 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from kb_pipeline.config import Settings
-from kb_pipeline.serving.access import OPERATOR, Reader, readable
-from kb_pipeline.store import derived, repo
+from kb_pipeline.search.access import OPERATOR, Reader, readable
+from kb_pipeline.store import index_builds, repo, users
 from kb_pipeline.store.db import session_factory
 from kb_pipeline.store.queries import active_versions
 from kb_pipeline.store.schema import Chunk, Document, DocumentAcl, GoldLabel, PredictedLabel, PredictedSummary
@@ -53,7 +53,7 @@ def overview(settings: Settings, models) -> dict:
         stats = repo.stats(session)
         tagged = _current(session, PredictedLabel, versions.get("classify"), PredictedLabel.kind == "category")
         summarised = _current(session, PredictedSummary, versions.get("summarise"))
-        live = derived.live_build(session)
+        live = index_builds.live_build(session)
         adapters = {
             task: {
                 "version": v.id, "kind": v.kind, "primary_metric": v.primary_metric,
@@ -93,7 +93,7 @@ def example_query(settings: Settings) -> str | None:
         query = (
             select(Document.title)
             .join(GoldLabel, GoldLabel.document_id == Document.id)
-            .where(Document.status == "active", GoldLabel.summary.is_not(None), derived.readable_filter(None))
+            .where(Document.status == "active", GoldLabel.summary.is_not(None), users.readable_filter(None))
             .order_by(Document.id)
             .limit(1)
         )

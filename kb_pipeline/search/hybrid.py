@@ -16,7 +16,7 @@ import numpy as np
 from sqlalchemy import Float, Integer, and_, func, or_, select, text
 from sqlalchemy.orm import Session
 
-from kb_pipeline.store import derived
+from kb_pipeline.store import users
 from kb_pipeline.store.queries import gold_tags_by_document
 from kb_pipeline.store.schema import Chunk, Document, GoldLabel, GoldTag, PredictedLabel, PredictedSummary
 
@@ -49,7 +49,7 @@ class Hit:
 
 def allowed_condition(filters: Filters):
     """SQL condition on Document for everything a search may return."""
-    conditions = [Document.status == "active", derived.readable_filter(filters.groups)]
+    conditions = [Document.status == "active", users.readable_filter(filters.groups)]
     if filters.category:
         category = filters.category.lower()
         gold = select(GoldLabel.document_id).where(GoldLabel.document_id == Document.id, GoldLabel.category == category)
@@ -190,8 +190,8 @@ class Searcher:
 
 def open_searcher(settings, models=None) -> Searcher:
     """The task models' embedder (loaded unless given) and the live index of its vectors."""
+    from kb_pipeline.enrich.shared_pass import load_task_models
     from kb_pipeline.indexing.sync import load_live_index
-    from kb_pipeline.serving.enrich import load_task_models
 
     models = models or load_task_models(settings)
     return Searcher(models.embed, load_live_index(settings, models.embed_key))

@@ -1,4 +1,4 @@
-"""Data functions for derived outputs: predictions, summaries, embeddings, users and index builds.
+"""Enrichment outputs: which documents and chunks need labels, summaries or vectors, and saving them.
 
 Staleness is a query, not a flag: an output is stale when the adapter version or the document
 version it records differs from the current one, so a new adapter or a changed document marks
@@ -7,25 +7,13 @@ exactly the affected rows without any bookkeeping.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 
 import numpy as np
-from sqlalchemy import and_, delete, insert, select, update
+from sqlalchemy import and_, delete, select
 from sqlalchemy.orm import Session
 
-from kb_pipeline.ingest.identifiers import normalise_identifiers
-from kb_pipeline.store.schema import (
-    Chunk,
-    ChunkEmbedding,
-    Document,
-    DocumentAcl,
-    IndexBuild,
-    PredictedLabel,
-    PredictedSummary,
-    User,
-    UserGroup,
-    utcnow,
-)
+from kb_pipeline.store.schema import Chunk, ChunkEmbedding, Document, PredictedLabel, PredictedSummary, utcnow
 
 
 def docs_needing_labels(
@@ -174,84 +162,3 @@ def load_embeddings(session: Session, embed_key: str, chunk_ids: Iterable[int] |
 def active_chunk_ids(session: Session) -> np.ndarray:
     query = select(Chunk.id).join(Document).where(Document.status == "active").order_by(Chunk.id)
     return np.fromiter(session.scalars(query), dtype=np.int64)
-
-
-# --- users and access ----------------------------------------------------------------------------
-
-
-def add_user(session: Session, name: str, groups: Iterable[str]) -> list[str]:
-    """Create or update a user; their groups are replaced by `groups`, normalised as document ACLs are."""
-    clean = sorted(normalise_identifiers(groups))
-    if session.get(User, name) is None:
-        session.add(User(name=name))
-        session.flush()
-    session.execute(delete(UserGroup).where(UserGroup.user_name == name))
-    if clean:
-        session.execute(insert(UserGroup), [dict(user_name=name, group_name=g) for g in clean])
-    return clean
-
-
-def user_groups(session: Session, name: str) -> list[str] | None:
-    """The user's groups, or None when there is no such user."""
-    if session.get(User, name) is None:
-        return None
-    return list(session.scalars(select(UserGroup.group_name).where(UserGroup.user_name == name).order_by(UserGroup.group_name)))
-
-
-def list_users(session: Session) -> list[dict]:
-    groups: dict[str, list[str]] = {}
-    for user, group in session.execute(select(UserGroup.user_name, UserGroup.group_name).order_by(UserGroup.group_name)):
-        groups.setdefault(user, []).append(group)
-    return [{"name": n, "groups": groups.get(n, [])} for n in session.scalars(select(User.name).order_by(User.name))]
-
-
-def readable_filter(groups: Sequence[str] | None):
-    """SQL condition on Document: no ACL rows, or one of the user's groups (fail closed without a user)."""
-    restricted = select(DocumentAcl.document_id).where(DocumentAcl.document_id == Document.id).exists()
-    groups = normalise_identifiers(groups or ())  # stored before groups were normalised like ACLs
-    if not groups:
-        return ~restricted
-    allowed = select(DocumentAcl.document_id).where(
-        DocumentAcl.document_id == Document.id, DocumentAcl.group_name.in_(list(groups))
-    ).exists()
-    return ~restricted | allowed
-
-
-# --- index builds --------------------------------------------------------------------------------
-
-
-def start_build(session: Session, embed_key: str, kind: str, path_for: Callable[[int], str]) -> int:
-    """Record a build in progress; its file is named after its id (``path_for(id)``)."""
-    build = IndexBuild(embed_key=embed_key, kind=kind, path="")
-    session.add(build)
-    session.flush()
-    build.path = path_for(build.id)
-    session.flush()
-    return build.id
-
-
-def finish_build(session: Session, build_id: int, count: int, checksum: str, path: str) -> None:
-    """Mark a build ready and every earlier ready build replaced: readers switch in one commit."""
-    session.execute(update(IndexBuild).where(IndexBuild.status == "ready").values(status="replaced"))
-    session.execute(
-        update(IndexBuild).where(IndexBuild.id == build_id)
-        .values(status="ready", count=count, checksum=checksum, path=path, finished_at=utcnow())
-    )
-
-
-def fail_builds(session: Session, build_ids: Sequence[int] | None = None, *, folder: str | None = None) -> int:
-    """Mark builds that never finished failed: ``build_ids``, or every 'building' row under ``folder``.
-
-    A writer holding a folder's index lock calls it with ``folder``: any build still 'building'
-    there belonged to a writer that died before it could say so.
-    """
-    query = update(IndexBuild).where(IndexBuild.status == "building")
-    if build_ids is not None:
-        query = query.where(IndexBuild.id.in_(list(build_ids)))
-    if folder is not None:
-        query = query.where(IndexBuild.path.startswith(folder.rstrip("/") + "/", autoescape=True))
-    return session.execute(query.values(status="failed", finished_at=utcnow())).rowcount
-
-
-def live_build(session: Session) -> IndexBuild | None:
-    return session.scalars(select(IndexBuild).where(IndexBuild.status == "ready").order_by(IndexBuild.id.desc())).first()

@@ -9,7 +9,7 @@ over them (backbone/forward.py), and each task's adapted top layers branch off t
 
 Document tasks are whatever tasks/registry.py holds with a loaded head (classify: first chunks -> category
 and tags; summarise: chunks holding scored sentences -> summary). Each output records the adapter version
-and document version it came from (store/derived.py), so re-running does only the missing work. Without
+and document version it came from (store/outputs.py), so re-running does only the missing work. Without
 trained adapters the KB still works: chunks are embedded by the untuned backbone (recorded as such) and the
 document tasks wait for their adapters. Heads that cannot share the trunk (a decoder's abstractive summariser)
 and documents without chunks get a pass of their own after the shared one.
@@ -31,7 +31,7 @@ from kb_pipeline.backbone.adapters import AdapterSet
 from kb_pipeline.backbone.heads import l2_normalize, mean_pool
 from kb_pipeline.backbone.loading import Backbone, load_backbone
 from kb_pipeline.config import Settings
-from kb_pipeline.store import derived
+from kb_pipeline.store import outputs
 from kb_pipeline.store.db import run_transaction, session_factory
 from kb_pipeline.store.queries import active_version, active_versions
 from kb_pipeline.store.schema import Chunk, Document
@@ -143,7 +143,7 @@ def _needing(session, models: TaskModels, ids: Sequence[int] | None) -> dict[str
 
 def plan_enrich(settings: Settings, models: TaskModels, docs_per_batch: int = 64) -> EnrichPlan:
     with session_factory(settings)() as session:
-        stale = set(derived.docs_needing_embedding(session, models.embed_key))
+        stale = set(outputs.docs_needing_embedding(session, models.embed_key))
         for docs in _needing(session, models, None).values():
             stale |= docs
     ids = sorted(stale)
@@ -169,12 +169,12 @@ def enrich_batch(
             chunk_ids = sorted(out.vectors)
             version = {c.id: doc.version for doc in docs for c in doc.chunks}
             vectors = np.stack([out.vectors[c] for c in chunk_ids])
-            report.embedded = derived.save_embeddings(
+            report.embedded = outputs.save_embeddings(
                 session, models.embed_key, [(c, version[c]) for c in chunk_ids], vectors
             )
-        for task, outputs in out.outputs.items():
-            if outputs:
-                rows = [(d, by_id[d].version, output) for d, output in sorted(outputs.items())]
+        for task, by_doc in out.outputs.items():
+            if by_doc:
+                rows = [(d, by_id[d].version, output) for d, output in sorted(by_doc.items())]
                 TASKS[task].outputs.save(session, rows, models.versions[task])
                 report.outputs[task] = len(rows)
 
@@ -208,7 +208,7 @@ class DocWork:
 def load_work(session, models: TaskModels, document_ids: Sequence[int]) -> list[DocWork]:
     """The batch's documents that lack anything, with their chunks and what each still needs."""
     ids = list(document_ids)
-    embed = {c for c, _, _ in derived.chunks_needing_embedding(session, models.embed_key, ids)}
+    embed = {c for c, _, _ in outputs.chunks_needing_embedding(session, models.embed_key, ids)}
     needing = _needing(session, models, ids)
     chunks: dict[int, list[ChunkWork]] = defaultdict(list)
     rows = session.execute(

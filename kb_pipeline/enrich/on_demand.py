@@ -2,7 +2,7 @@
 
 They go through enrichment's shared pass (one document, one task), so a document is read exactly as
 `kb enrich` reads it: its stored chunks, or for a file, the chunks ingestion would cut. With a `user`
-they show only a document that user may read (serving/access.py); any other is "no document".
+they show only a document that user may read (search/access.py); any other is "no document".
 """
 
 from __future__ import annotations
@@ -10,11 +10,11 @@ from __future__ import annotations
 from pathlib import Path
 
 from kb_pipeline.config import Settings
+from kb_pipeline.enrich.shared_pass import ChunkWork, DocWork, TaskModels, load_task_models, shared_pass
+from kb_pipeline.errors import NotAvailable
 from kb_pipeline.ingest.readers import read_document
 from kb_pipeline.ingest.text_utils import ReadError
-from kb_pipeline.serving.access import find_readable, not_found, reader_for
-from kb_pipeline.serving.enrich import ChunkWork, DocWork, TaskModels, load_task_models, shared_pass
-from kb_pipeline.serving.errors import NotAvailable
+from kb_pipeline.search.access import find_readable, not_found, reader_for
 from kb_pipeline.store.db import session_factory
 
 

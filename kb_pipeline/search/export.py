@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from kb_pipeline.serving.access import OPERATOR, Reader, readable
+from kb_pipeline.search.access import OPERATOR, Reader, readable
 from kb_pipeline.store.queries import gold_tags_by_document
 from kb_pipeline.store.schema import Document, DocumentAcl, GoldLabel, PredictedLabel, PredictedSummary
 

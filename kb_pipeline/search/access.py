@@ -3,7 +3,7 @@ tag, summarise).
 
 Two callers exist. The KB's operator (the CLI run without `--user`) owns the files and the database
 and sees every document. A named user sees only documents without an ACL or with one of their groups,
-and only active ones; the rule is `derived.readable_filter`, the same SQL search uses, so no command can
+and only active ones; the rule is `users.readable_filter`, the same SQL search uses, so no command can
 be more generous than search. An unknown user is an error, never an anonymous fallback, and a document
 a user may not read is reported exactly like a missing one, so its existence does not leak.
 """
@@ -16,7 +16,7 @@ from pathlib import Path
 from sqlalchemy import select, true
 from sqlalchemy.orm import Session
 
-from kb_pipeline.store import derived
+from kb_pipeline.store import users
 from kb_pipeline.store.schema import Document
 
 _MAX_ID = 2**63 - 1  # larger numbers cannot be a row id (and overflow a Postgres bigint parameter)
@@ -44,7 +44,7 @@ def reader_for(session: Session, user: str | None) -> Reader:
     """The operator without a user name; else the user's groups (an unknown user is an error)."""
     if user is None:
         return OPERATOR
-    groups = derived.user_groups(session, user)
+    groups = users.user_groups(session, user)
     if groups is None:
         raise UnknownUser(f"no user {user!r}: add one with `kb users add NAME --groups ...`")
     return Reader(user, tuple(groups))
@@ -54,7 +54,7 @@ def readable(reader: Reader):
     """SQL condition on Document: everything for the operator; active and permitted for a user."""
     if reader.operator:
         return true()
-    return (Document.status == "active") & derived.readable_filter(reader.groups)
+    return (Document.status == "active") & users.readable_filter(reader.groups)
 
 
 def readable_ids(session: Session, reader: Reader) -> set[int]:

@@ -1,0 +1,1 @@
+"""Enrichment: the shared pass that brings every task's outputs up to date, and on-demand tag/summarise."""
