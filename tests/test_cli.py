@@ -180,7 +180,7 @@ def test_ingest_names_symlinks_it_did_not_follow_and_stats_marks_dead_runs(kb_ho
     from sqlalchemy import update
 
     from kb_pipeline.config import Settings
-    from kb_pipeline.store import repo
+    from kb_pipeline.store import ingest_runs
     from kb_pipeline.store.db import session_factory
     from kb_pipeline.store.schema import IngestRun
 
@@ -195,7 +195,7 @@ def test_ingest_names_symlinks_it_did_not_follow_and_stats_marks_dead_runs(kb_ho
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
     with session_factory(Settings.from_env()).begin() as s:
-        run_id = repo.start_run(s, [str(root)])
+        run_id = ingest_runs.start_run(s, [str(root)])
         s.execute(update(IngestRun).where(IngestRun.id == run_id).values(pid=dead.pid))
     assert json_of(kb("stats", "--json"))["last_ingest"]["status"] == "abandoned"
     with session_factory(Settings.from_env())() as s:

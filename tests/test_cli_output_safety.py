@@ -15,7 +15,7 @@ import pytest
 from typer.testing import CliRunner
 
 from kb_pipeline.cli import app
-from kb_pipeline.store import repo
+from kb_pipeline.store import ingest_runs, repo
 from kb_pipeline.store.db import session_factory
 
 runner = CliRunner()
@@ -43,9 +43,9 @@ def hostile(settings, tmp_path):
             acl=[], chunks=[{"ordinal": 0, "text": ESC_TEXT, "char_start": 0, "char_end": len(ESC_TEXT),
                              "token_count": 20}],
         )])
-        run_id = repo.start_run(session, [str(root)])
-        repo.record_errors(session, run_id, [(str(root / name), "corrupt", f"{root / name}: {ESC_SUMMARY}")])
-        repo.finish_run(session, run_id, {}, 0.1)
+        run_id = ingest_runs.start_run(session, [str(root)])
+        ingest_runs.record_errors(session, run_id, [(str(root / name), "corrupt", f"{root / name}: {ESC_SUMMARY}")])
+        ingest_runs.finish_run(session, run_id, {}, 0.1)
     return doc_id
 
 

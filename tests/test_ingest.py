@@ -12,7 +12,7 @@ from sqlalchemy.exc import IntegrityError
 
 from kb_pipeline.errors import IngestPathError
 from kb_pipeline.ingest.pipeline import ingest
-from kb_pipeline.store import repo
+from kb_pipeline.store import ingest_runs, repo
 from kb_pipeline.store.db import get_engine, session_factory
 from kb_pipeline.store.schema import Chunk, Document, DocumentAcl, GoldLabel, GoldTag, IngestError, Source
 
@@ -168,7 +168,7 @@ def test_bad_files_are_recorded_and_the_rest_is_ingested(settings, corpus):
     report = ingest(settings, [corpus])
     assert report.as_dict()["added"] == 3 and report.as_dict()["errors"] == 5
     with session_factory(settings)() as s:
-        errors = {Path(e.path).name: e for e in repo.list_errors(s)}
+        errors = {Path(e.path).name: e for e in ingest_runs.list_errors(s)}
         assert set(errors) == {"junk.txt", "latin1.txt", "empty.md", "broken.pdf", "bad-front-matter.md"}
         for name, error in errors.items():
             assert name in error.message
@@ -192,7 +192,7 @@ def test_oversized_file_is_refused_by_the_configured_limit(settings, corpus):
     write(corpus / "big.txt", "word " * 30_000)
     report = ingest(settings.with_(max_file_bytes=100_000), [corpus])
     with session_factory(settings)() as s:
-        [error] = repo.list_errors(s)
+        [error] = ingest_runs.list_errors(s)
     assert error.error_kind == "too_large" and "big.txt" in error.message
     assert report.as_dict()["added"] == 3
 
@@ -285,7 +285,7 @@ def test_symlinks_never_leave_the_ingested_folder_and_inside_ones_are_read_once(
         assert "secret" not in texts and "Private" not in texts
         paths = sorted(s.scalars(select(Document.path)))
         assert paths == sorted(str(corpus / p) for p in ("hr/leave-policy.md", "eng/failover.md", "eng/notes.txt"))
-        recorded = {Path(e.path).name: e for e in repo.list_errors(s)}  # what `kb errors` shows, with the reason
+        recorded = {Path(e.path).name: e for e in ingest_runs.list_errors(s)}  # what `kb errors` shows, with the reason
     assert set(recorded) == refused and all(e.error_kind == "symlink" for e in recorded.values())
     assert "outside the ingested folder" in recorded["passwd.txt"].message
     assert str(outside / "secret.txt") in recorded["passwd.txt"].message
@@ -312,7 +312,7 @@ def test_an_empty_acl_is_an_error_and_keeps_the_restricted_version(settings, cor
     report = ingest(settings, [corpus])
     assert report.as_dict()["errors"] == 1 and report.as_dict()["updated"] == 0
     with session_factory(settings)() as s:
-        [error] = repo.list_errors(s)
+        [error] = ingest_runs.list_errors(s)
         doc = repo.find_document(s, str(path))
         assert error.error_kind == "front_matter" and "'acl' names no group" in error.message
         assert doc.version == 1 and "25 days" in doc.text
@@ -349,12 +349,12 @@ def test_runs_killed_with_sigkill_are_marked_abandoned_and_live_ones_are_not(set
 
     victim = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     with session_factory(settings).begin() as s:
-        killed = repo.start_run(s, ["killed"])
+        killed = ingest_runs.start_run(s, ["killed"])
         s.execute(update_run(killed, pid=victim.pid))
-        alive = repo.start_run(s, ["running concurrently in this process"])
-        remote_fresh = repo.start_run(s, ["on another host, heartbeat now"])
+        alive = ingest_runs.start_run(s, ["running concurrently in this process"])
+        remote_fresh = ingest_runs.start_run(s, ["on another host, heartbeat now"])
         s.execute(update_run(remote_fresh, host="elsewhere", pid=1))
-        remote_stale = repo.start_run(s, ["on another host, silent for an hour"])
+        remote_stale = ingest_runs.start_run(s, ["on another host, silent for an hour"])
         s.execute(update_run(remote_stale, host="elsewhere", heartbeat_at=utcnow() - timedelta(hours=1)))
     victim.send_signal(signal.SIGKILL)
     victim.wait()
@@ -387,5 +387,5 @@ def test_a_path_too_long_to_store_is_an_error_not_a_crash(settings, corpus):
     report = ingest(settings, [corpus])
     assert report.as_dict()["added"] == 3 and report.as_dict()["errors"] == 1
     with session_factory(settings)() as s:
-        [error] = repo.list_errors(s)
+        [error] = ingest_runs.list_errors(s)
     assert error.error_kind == "path_too_long" and "deep.md" in error.message

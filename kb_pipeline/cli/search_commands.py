@@ -43,11 +43,8 @@ def search(
     json_out: bool = JsonOpt,
 ) -> None:
     """Hybrid keyword + dense search, filtered by tags, category and the user's access rights."""
-    from kb_pipeline.enrich.shared_pass import load_task_models
-    from kb_pipeline.indexing.sync import load_live_index
     from kb_pipeline.search.access import reader_for
-    from kb_pipeline.search.hybrid import Filters
-    from kb_pipeline.search.hybrid import search as run_search
+    from kb_pipeline.search.hybrid import Filters, Searcher, open_searcher
     from kb_pipeline.store.db import session_factory
 
     if (query is None) == (queries is None):
@@ -61,12 +58,9 @@ def search(
         # Search is never the operator's view: without --user it is anonymous (public documents only).
         groups = None if reader.operator else reader.groups
         filters = Filters(tags=tuple(tag), category=category, groups=groups)
-        index = embed = None
-        if mode is not Mode.keyword:
-            models = load_task_models(s)
-            index, embed = load_live_index(s, models.embed_key), models.embed
+        searcher = Searcher() if mode is Mode.keyword else open_searcher(s)  # keyword needs no model
         for item in batch:
-            results = run_search(session, item["query"], k=k, mode=mode.value, filters=filters, index=index, embed=embed)
+            results = searcher.search(session, item["query"], k=k, mode=mode.value, filters=filters)
             if json_out or queries:
                 emit_json({"query": item["query"], "results": results})
             else:

@@ -173,12 +173,12 @@ def stats(user: str | None = UserOpt, json_out: bool = JsonOpt) -> None:
     """Counts of documents, chunks, labels and the last ingest run (with --user: of what the user may read)."""
     from kb_pipeline.search.access import reader_for
     from kb_pipeline.search.overview import document_stats
-    from kb_pipeline.store import repo
+    from kb_pipeline.store import ingest_runs, repo
     from kb_pipeline.store.db import session_factory
 
     s = ready_settings()
     with session_factory(s).begin() as session:
-        repo.mark_abandoned_runs(session)  # a run whose process is gone is not `running`
+        ingest_runs.mark_abandoned_runs(session)  # a run whose process is gone is not `running`
     with session_factory(s)() as session:
         reader = reader_for(session, user)
         info = {"home": str(s.home), "database": safe_url(s.database_url), **repo.stats(session)}
@@ -210,7 +210,7 @@ def errors(
     json_out: bool = JsonOpt,
 ) -> None:
     """Files the last ingest run could not read, and why."""
-    from kb_pipeline.store import repo
+    from kb_pipeline.store import ingest_runs
     from kb_pipeline.store.db import session_factory
 
     s = ready_settings()
@@ -218,7 +218,7 @@ def errors(
         rows = [
             {"run_id": e.run_id, "path": e.path, "kind": e.error_kind, "message": e.message,
              "at": e.created_at.isoformat()}
-            for e in repo.list_errors(session, run)
+            for e in ingest_runs.list_errors(session, run)
         ]
     if json_out:
         emit_json(rows)

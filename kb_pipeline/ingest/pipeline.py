@@ -33,7 +33,7 @@ from kb_pipeline.ingest.readers import ParsedDocument, parses_in_process
 from kb_pipeline.ingest.sandbox import SandboxedReader
 from kb_pipeline.ingest.sources import FileEntry, file_sha256, in_scope, is_unchanged_fast, scan, source_root_and_scope
 from kb_pipeline.ingest.text_utils import ReadError
-from kb_pipeline.store import repo
+from kb_pipeline.store import ingest_runs, repo
 from kb_pipeline.store.db import run_transaction, session_factory
 
 COUNT_KEYS = ("added", "updated", "unchanged", "deleted", "skipped", "errors")
@@ -116,7 +116,7 @@ def plan_ingest(
     resolved = check_paths(paths)
     Session = session_factory(settings)
     with Session.begin() as session:
-        plan = IngestPlan(run_id=repo.start_run(session, [str(p) for p in resolved]))
+        plan = IngestPlan(run_id=ingest_runs.start_run(session, [str(p) for p in resolved]))
     beat = _Heartbeat(Session, plan.run_id)
     scanned = []
     for path in resolved:
@@ -186,7 +186,7 @@ def _resolve_source(Session, root: Path, scope: str):
 
 
 class _Heartbeat:
-    """Record now and then (at most once a minute) that the run is alive: see repo.mark_abandoned_runs."""
+    """Record now and then (at most once a minute) that the run is alive: see ingest_runs.mark_abandoned_runs."""
 
     def __init__(self, Session, run_id: int, every_s: float = 60.0) -> None:
         self.Session, self.run_id, self.every_s = Session, run_id, every_s
@@ -197,7 +197,7 @@ class _Heartbeat:
             return
         self.last = time.monotonic()
         with self.Session.begin() as session:
-            repo.heartbeat(session, self.run_id)
+            ingest_runs.heartbeat(session, self.run_id)
 
 
 def sandboxed_reader(settings: Settings) -> SandboxedReader:
@@ -260,8 +260,8 @@ def finish_ingest(settings: Settings, plan: IngestPlan, parts: list[IngestReport
     report.counts["errors"] = len(report.errors)
     report.seconds = time.time() - plan.started_at
     with Session.begin() as session:
-        repo.record_errors(session, report.run_id, report.errors + report.refused)
-        repo.finish_run(session, report.run_id, {k: report.counts.get(k, 0) for k in COUNT_KEYS}, report.seconds)
+        ingest_runs.record_errors(session, report.run_id, report.errors + report.refused)
+        ingest_runs.finish_run(session, report.run_id, {k: report.counts.get(k, 0) for k in COUNT_KEYS}, report.seconds)
     return report
 
 

@@ -3,17 +3,16 @@
 from __future__ import annotations
 
 import json
-import os
-import socket
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 from pathlib import Path
 from typing import Any, NamedTuple
 
 from sqlalchemy import delete, func, insert, literal, select, text, update
 from sqlalchemy.orm import Session
 
+from kb_pipeline.store.ingest_runs import run_dict, run_is_gone
 from kb_pipeline.store.queries import gold_tags_by_document
 from kb_pipeline.store.schema import (
     Chunk,
@@ -21,7 +20,6 @@ from kb_pipeline.store.schema import (
     DocumentAcl,
     GoldLabel,
     GoldTag,
-    IngestError,
     IngestRun,
     Source,
     utcnow,
@@ -379,7 +377,7 @@ def stats(session: Session) -> dict[str, Any]:
     )
     last_run = session.scalars(select(IngestRun).order_by(IngestRun.id.desc())).first()
     if last_run is not None and last_run.status == "running":  # shown as it is; start_run writes it down
-        gone = _run_is_gone(last_run.pid, last_run.host, last_run.heartbeat_at or last_run.started_at, utcnow())
+        gone = run_is_gone(last_run.pid, last_run.host, last_run.heartbeat_at or last_run.started_at, utcnow())
         last_status = "abandoned" if gone else "running"
     return {
         "documents": by_status.get("active", 0),
@@ -392,118 +390,13 @@ def stats(session: Session) -> dict[str, Any]:
         ),
         "sources": session.scalar(select(func.count()).select_from(Source)),
         "by_mime": by_mime,
-        "last_ingest": _run_dict(last_run) | ({"status": last_status} if last_run.status == "running" else {})
+        "last_ingest": run_dict(last_run) | ({"status": last_status} if last_run.status == "running" else {})
         if last_run
         else None,
     }
 
 
 # --- ingest runs and errors ----------------------------------------------------------------------
-
-
-RUN_STALE_AFTER = timedelta(minutes=15)  # a run on another host with no heartbeat for this long is gone
-
-
-def start_run(session: Session, paths: list[str]) -> int:
-    """Record a new run (with this process's pid and host), after marking runs whose process is gone."""
-    mark_abandoned_runs(session)
-    now = utcnow()
-    run = IngestRun(paths=paths, pid=os.getpid(), host=_HOST, heartbeat_at=now, started_at=now)
-    session.add(run)
-    session.flush()
-    return run.id
-
-
-def heartbeat(session: Session, run_id: int) -> None:
-    """The run is still working (its units may run in other processes or on other hosts)."""
-    session.execute(
-        update(IngestRun).where(IngestRun.id == run_id, IngestRun.status == "running").values(heartbeat_at=utcnow())
-    )
-
-
-def mark_abandoned_runs(session: Session) -> list[int]:
-    """Runs left `running` by a process that is gone (killed, crashed) become `abandoned`; returns their ids.
-
-    Gone means: on this host, no live process has the run's pid; on another host (or for runs recorded
-    before pids were), no heartbeat for RUN_STALE_AFTER. Runs still working, here or elsewhere, are left alone.
-    """
-    now = utcnow()
-    running = session.execute(
-        select(IngestRun.id, IngestRun.pid, IngestRun.host, IngestRun.heartbeat_at, IngestRun.started_at).where(
-            IngestRun.status == "running"
-        )
-    ).all()
-    gone = [row.id for row in running if _run_is_gone(row.pid, row.host, row.heartbeat_at or row.started_at, now)]
-    if gone:
-        session.execute(
-            update(IngestRun).where(IngestRun.id.in_(gone), IngestRun.status == "running").values(status="abandoned")
-        )
-    return gone
-
-
-def _run_is_gone(pid: int | None, host: str | None, last_sign: datetime | None, now: datetime) -> bool:
-    if pid is not None and host == _HOST:
-        return not _process_alive(pid)
-    if last_sign is None:
-        return True
-    if last_sign.tzinfo is None:  # SQLite hands back naive datetimes (stored as UTC)
-        last_sign = last_sign.replace(tzinfo=now.tzinfo)
-    return now - last_sign > RUN_STALE_AFTER
-
-
-def _process_alive(pid: int) -> bool:
-    """Whether a process with this pid exists and is not a zombie (killed, not yet reaped by its parent)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # someone else's process
-        return True
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as handle:
-            state = handle.read().rsplit(b")", 1)[1].split()[0]
-        return state not in (b"Z", b"X")
-    except (OSError, IndexError):
-        return True
-
-
-_HOST = socket.gethostname()[:255]
-
-
-def finish_run(session: Session, run_id: int, counts: dict[str, int], seconds: float, status: str = "ok") -> None:
-    session.execute(
-        update(IngestRun)
-        .where(IngestRun.id == run_id)
-        .values(finished_at=utcnow(), seconds=seconds, status=status, **counts)
-    )
-
-
-def record_errors(session: Session, run_id: int, errors: Iterable[tuple[str, str, str]]) -> None:
-    rows = [dict(run_id=run_id, path=p, error_kind=k, message=m) for p, k, m in errors]
-    if rows:
-        session.execute(insert(IngestError), rows)
-
-
-def list_errors(session: Session, run_id: int | None = None) -> list[IngestError]:
-    """Errors of one run; by default those of the latest run that finished."""
-    if run_id is None:
-        run_id = session.scalar(
-            select(IngestRun.id).where(IngestRun.finished_at.is_not(None)).order_by(IngestRun.id.desc())
-        )
-        if run_id is None:
-            return []
-    query = select(IngestError).where(IngestError.run_id == run_id).order_by(IngestError.path)
-    return list(session.scalars(query))
-
-
-def _run_dict(run: IngestRun) -> dict[str, Any]:
-    return {
-        "id": run.id,
-        "status": run.status,
-        "started_at": run.started_at.isoformat() if run.started_at else None,
-        "seconds": round(run.seconds, 3),
-        **{k: getattr(run, k) for k in ("added", "updated", "unchanged", "deleted", "skipped", "errors")},
-    }
 
 
 def _jsonable(value: Any) -> Any:
