@@ -21,6 +21,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -52,11 +53,20 @@ def _free_port() -> int:
 
 
 def _api(url: str, body: dict | None = None) -> dict | list:
+    """One API call; 503/429 (Prefect's SQLite database busy with the served runner's writes) is retried, as
+    Prefect's own client does: the server rolled that request back, so sending it again is safe."""
     data = None if body is None else json.dumps(body).encode()
-    request = urllib.request.Request(url, data=data, method="GET" if body is None else "POST",
-                                     headers={"Content-Type": "application/json"})
-    with urllib.request.urlopen(request, timeout=30) as response:
-        return json.loads(response.read() or b"null")
+    for attempt in range(8):
+        request = urllib.request.Request(url, data=data, method="GET" if body is None else "POST",
+                                         headers={"Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(request, timeout=30) as response:
+                return json.loads(response.read() or b"null")
+        except urllib.error.HTTPError as exc:
+            if exc.code not in (429, 503) or attempt == 7:
+                raise
+            time.sleep(float(exc.headers.get("Retry-After") or 0.5 * 2**attempt))
+    raise AssertionError("unreachable")
 
 
 def _wait(what: str, check, timeout_s: float, process: subprocess.Popen, log: Path):
