@@ -9,7 +9,7 @@ branches off the chunk trunk the other tasks share. Tag thresholds are tuned per
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
 import torch
 from sqlalchemy import select
@@ -28,14 +28,14 @@ from kb_pipeline.tasks.chunks import (
     pooled_chunks_in_batches,
 )
 from kb_pipeline.tasks.encoding import encode, model_input
-from kb_pipeline.tasks.spec import DocInput, OutputStore, TaskSpec, TrainConfig
+from kb_pipeline.tasks.spec import DocInput, OutputStore, SavedConfig, TaskSpec, TrainConfig
 
 NAME = "classify"
 MIN_TAG_COUNT = 2  # a tag seen once in training cannot be learnt (the TF-IDF baseline of `kb eval` agrees)
 
 
 @dataclass
-class ClassifyConfig:
+class ClassifyConfig(SavedConfig):
     """Everything needed to rebuild the heads: label lists, tuned thresholds, pooling, how many chunks are read."""
 
     categories: list[str]
@@ -48,12 +48,6 @@ class ClassifyConfig:
     first_chunks: int = CLASSIFY_CHUNKS
     input: str = "chunks"
 
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict) -> ClassifyConfig:
-        return cls(**{k: v for k, v in data.items() if k in cls.__dataclass_fields__})
 
 
 @dataclass

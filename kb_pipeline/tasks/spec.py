@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any, NamedTuple, Protocol
+from typing import Any, NamedTuple, Protocol, Self
 
 from sqlalchemy.orm import Session
 from torch import Tensor
@@ -25,8 +25,19 @@ class StaleAdapter(KBError, ValueError):
     """A saved adapter in a format this code no longer reads; the message says to retrain it."""
 
 
+class SavedConfig:
+    """A dataclass config saved as JSON beside an adapter: keys a newer config no longer has are ignored."""
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> Self:
+        return cls(**{k: v for k, v in data.items() if k in cls.__dataclass_fields__})
+
+
 @dataclass
-class TrainConfig:
+class TrainConfig(SavedConfig):
     """How one adapter is trained (a version records it); every task has a default in its spec."""
 
     epochs: int = 10
@@ -41,12 +52,6 @@ class TrainConfig:
     grad_clip: float | None = 1.0
     warmup_ratio: float = 0.1  # linear warm-up over this share of steps, then linear decay (WarmupLinear)
 
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict) -> TrainConfig:
-        return cls(**{k: v for k, v in data.items() if k in cls.__dataclass_fields__})
 
 
 class ChunkText(NamedTuple):

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import NamedTuple
 
 import torch
@@ -26,7 +26,7 @@ from kb_pipeline.store import outputs
 from kb_pipeline.store.schema import Document, GoldLabel
 from kb_pipeline.tasks.chunks import CHUNK_MAX_LENGTH, EncodedChunk, Slot, chunk_spans, encode_chunks, sentence_slots
 from kb_pipeline.tasks.encoding import pad_batch, pad_id, token_limit
-from kb_pipeline.tasks.spec import DocInput, OutputStore, TaskSpec, TrainConfig
+from kb_pipeline.tasks.spec import DocInput, OutputStore, SavedConfig, TaskSpec, TrainConfig
 
 NAME = "summarise"
 MAX_SENTENCES, MAX_WORDS = 3, 60
@@ -127,7 +127,7 @@ def prompt_and_target(tokenizer, text: str, summary: str | None, limit: int, sum
 
 
 @dataclass
-class SummariseConfig:
+class SummariseConfig(SavedConfig):
     """How a summariser was trained and reads: extractive (scorer, budget, tuned threshold) or abstractive."""
 
     mode: str  # "extractive" (encoder backbones) or "abstractive" (decoder backbones)
@@ -140,12 +140,6 @@ class SummariseConfig:
     prompt: str = PROMPT  # abstractive
     max_new_tokens: int = 96  # abstractive
 
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict) -> SummariseConfig:
-        return cls(**{k: v for k, v in data.items() if k in cls.__dataclass_fields__})
 
 
 @dataclass
