@@ -141,3 +141,25 @@ def test_real_minilm_classify_beats_the_majority_baseline_on_the_sample_corpus(k
     assert outcome.adapter_share < 0.02
     assert outcome.metrics["macro_f1"] > outcome.baseline["macro_f1"] + 0.2
     assert outcome.metrics["accuracy"] > outcome.baseline["accuracy"]
+
+
+def test_training_removes_old_adapter_folders_no_version_points_to(kb):
+    """A run killed between saving an adapter and registering it leaves a folder; the next run cleans it up,
+    but never a young one (a concurrent run may be about to register it) nor any registered version's."""
+    import os
+    import time
+
+    from kb_pipeline.training.service import remove_unreferenced_folders
+
+    train_tasks(kb, ["classify"], backbone=tiny_bert_backbone(), train_config=QUICK)
+    with session_factory(kb)() as s:
+        registered = Path(s.scalars(select(AdapterVersion.path)).one())
+    orphan, young = kb.adapters_dir / "classify" / "killed-run", kb.adapters_dir / "classify" / "in-progress"
+    for folder in (orphan, young):
+        folder.mkdir()
+        (folder / "adapter.safetensors").write_bytes(b"x")
+    two_hours_ago = time.time() - 7200
+    for folder in (orphan, registered):
+        os.utime(folder, (two_hours_ago, two_hours_ago))
+    assert remove_unreferenced_folders(kb) == [orphan]
+    assert not orphan.exists() and young.exists() and (registered / "adapter.safetensors").exists()

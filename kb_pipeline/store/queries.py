@@ -59,3 +59,8 @@ def latest_version(session: Session, task: str, backbone_hash: str) -> AdapterVe
         .where(AdapterVersion.task == task, AdapterVersion.backbone_hash == backbone_hash)
         .order_by(AdapterVersion.id.desc())
     ).first()
+
+
+def version_paths(session: Session) -> list[str]:
+    """The adapter folder of every registered version, whatever its status (rollback may need any of them)."""
+    return list(session.scalars(select(AdapterVersion.path)))

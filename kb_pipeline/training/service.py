@@ -1,12 +1,14 @@
 """`kb train`: labelled rows -> trained adapter + head on disk -> registered version behind the gate.
 
 One backbone and one AdapterSet serve every task of a run. Files are written (atomically) before
-the registry row, so a crash leaves at most an unreferenced folder, never a row without files.
+the registry row, so a crash leaves at most an unreferenced folder, never a row without files; the next
+training run removes such folders once they are old enough not to belong to a run still in progress.
 """
 
 from __future__ import annotations
 
 import hashlib
+import shutil
 import time
 import uuid
 from collections.abc import Callable
@@ -89,6 +91,7 @@ def train_tasks(
             except InsufficientData as exc:
                 outcomes[task] = TaskOutcome(task, False, str(exc))
     if ready:
+        remove_unreferenced_folders(settings)
         backbone = backbone or load_backbone(settings.backbone, settings.models_dir)
         adapters = AdapterSet(backbone)
         try:
@@ -100,6 +103,25 @@ def train_tasks(
         finally:
             adapters.close()
     return [outcomes[task] for task in tasks]
+
+
+UNREFERENCED_AFTER_S = 3600  # a folder this old with no registry row was left by a run killed before it registered
+
+
+def remove_unreferenced_folders(settings: Settings, older_than_s: float = UNREFERENCED_AFTER_S) -> list[Path]:
+    """Delete adapter folders no version row points to, once older than `older_than_s` (younger ones may
+    belong to a concurrent training run that has saved its files and is about to register them)."""
+    root = settings.adapters_dir
+    if not root.exists():
+        return []
+    with session_factory(settings)() as session:
+        referenced = {Path(p).resolve() for p in queries.version_paths(session)}
+    cutoff, removed = time.time() - older_than_s, []
+    for folder in (f for task_dir in root.iterdir() if task_dir.is_dir() for f in task_dir.iterdir() if f.is_dir()):
+        if folder.resolve() not in referenced and folder.stat().st_mtime < cutoff:
+            shutil.rmtree(folder, ignore_errors=True)
+            removed.append(folder)
+    return removed
 
 
 def _train_one(settings, adapters, spec: TaskSpec, split, config, cfg, on_step, fingerprints) -> TaskOutcome:
