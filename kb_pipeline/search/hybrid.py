@@ -17,8 +17,8 @@ from sqlalchemy import Float, Integer, and_, func, or_, select, text
 from sqlalchemy.orm import Session
 
 from kb_pipeline.store import users
-from kb_pipeline.store.queries import gold_tags_by_document
-from kb_pipeline.store.schema import Chunk, Document, GoldLabel, GoldTag, PredictedLabel, PredictedSummary
+from kb_pipeline.store.queries import gold_category_condition, gold_tags_by_document
+from kb_pipeline.store.schema import Chunk, Document, GoldLabel, GoldTag, PredictedLabel, PredictedSummary, ReviewLabel
 
 RRF_K = 60  # the constant from Cormack et al.; damps the difference between top ranks
 MODES = ("hybrid", "dense", "keyword")
@@ -52,20 +52,26 @@ def allowed_condition(filters: Filters):
     conditions = [Document.status == "active", users.readable_filter(filters.groups)]
     if filters.category:
         category = filters.category.lower()
-        gold = select(GoldLabel.document_id).where(GoldLabel.document_id == Document.id, GoldLabel.category == category)
         predicted = select(PredictedLabel.document_id).where(
             PredictedLabel.document_id == Document.id,
             PredictedLabel.kind == "category",
             PredictedLabel.label == category,
+            PredictedLabel.status == "applied",  # an abstained guess is not the document's category
         )
-        conditions.append(or_(gold.exists(), predicted.exists()))
+        conditions.append(or_(gold_category_condition(Document.id, category), predicted.exists()))
     for tag in filters.tags:
         tag = tag.lower()
         gold = select(GoldTag.document_id).where(GoldTag.document_id == Document.id, GoldTag.tag == tag)
-        predicted = select(PredictedLabel.document_id).where(
-            PredictedLabel.document_id == Document.id, PredictedLabel.kind == "tag", PredictedLabel.label == tag
+        reviewed = select(ReviewLabel.document_id).where(
+            ReviewLabel.document_id == Document.id, ReviewLabel.kind == "tag", ReviewLabel.label == tag
         )
-        conditions.append(or_(gold.exists(), predicted.exists()))
+        accepted = reviewed.where(ReviewLabel.verdict == "accept")
+        rejected = reviewed.where(ReviewLabel.verdict == "reject")
+        predicted = select(PredictedLabel.document_id).where(
+            PredictedLabel.document_id == Document.id, PredictedLabel.kind == "tag", PredictedLabel.label == tag,
+            PredictedLabel.status == "applied",
+        )
+        conditions.append(or_(gold.exists(), accepted.exists(), and_(predicted.exists(), ~rejected.exists())))
     return and_(*conditions)
 
 
@@ -227,14 +233,17 @@ def describe(session: Session, hits: Sequence[Hit]) -> list[dict]:
 
 
 def document_tags(session: Session, doc_ids: Sequence[int]) -> dict[int, list[str]]:
-    """Gold tags where a person gave them, else the model's predicted tags."""
+    """Gold tags where a person gave them, else the model's applied tags that no reviewer rejected."""
     out = gold_tags_by_document(session, doc_ids)
     predicted = select(PredictedLabel.document_id, PredictedLabel.label).where(
-        PredictedLabel.document_id.in_(doc_ids), PredictedLabel.kind == "tag"
+        PredictedLabel.document_id.in_(doc_ids), PredictedLabel.kind == "tag", PredictedLabel.status == "applied"
     ).order_by(PredictedLabel.score.desc())
+    rejected = {tuple(row) for row in session.execute(select(ReviewLabel.document_id, ReviewLabel.label).where(
+        ReviewLabel.document_id.in_(doc_ids), ReviewLabel.kind == "tag", ReviewLabel.verdict == "reject"
+    ))}
     gold_tagged = set(out)
     for doc_id, tag in session.execute(predicted):
-        if doc_id not in gold_tagged:
+        if doc_id not in gold_tagged and (doc_id, tag) not in rejected:
             out.setdefault(doc_id, []).append(tag)
     return out
 

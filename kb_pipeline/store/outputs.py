@@ -82,17 +82,30 @@ def _only(query, column, ids: Sequence[int] | None):
 
 
 def save_labels(session: Session, rows: Sequence[dict], adapter_version: int) -> None:
-    """rows: {document_id, document_version, category, category_score, tags: [(tag, score)]}."""
+    """rows: {document_id, document_version, category, category_score, tags: [(tag, score[, margin])]} and optionally
+    category_margin, abstained (the category is a guess below the confidence threshold: the document needs review)
+    and near: [(tag, score, margin)] (tags just under their threshold, not applied)."""
     doc_ids = [r["document_id"] for r in rows]
     session.execute(delete(PredictedLabel).where(PredictedLabel.document_id.in_(doc_ids)))
     values = []
     for r in rows:
         common = dict(document_id=r["document_id"], adapter_version=adapter_version,
                       document_version=r["document_version"], created_at=utcnow())
-        values.append(dict(common, kind="category", label=r["category"], score=float(r["category_score"])))
-        values.extend(dict(common, kind="tag", label=tag, score=float(score)) for tag, score in r["tags"])
+        values.append(dict(
+            common, kind="category", label=r["category"], score=float(r["category_score"]),
+            status="abstained" if r.get("abstained") else "applied", margin=_float(r.get("category_margin")),
+        ))
+        for status, tags in (("applied", r["tags"]), ("near", r.get("near", ()))):
+            values.extend(
+                dict(common, kind="tag", label=tag, score=float(score), status=status, margin=_float(rest[0] if rest else None))
+                for tag, score, *rest in tags
+            )
     if values:
         _upsert(session, PredictedLabel, values, ["document_id", "kind", "label"])
+
+
+def _float(value) -> float | None:
+    return None if value is None else float(value)
 
 
 def save_summaries(session: Session, rows: Sequence[dict], adapter_version: int) -> None:

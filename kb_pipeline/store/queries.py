@@ -11,18 +11,61 @@ from collections.abc import Sequence
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from kb_pipeline.store.schema import AdapterVersion, GoldTag
+from kb_pipeline.store.schema import AdapterVersion, GoldLabel, GoldTag, ReviewLabel
 
 
 def gold_tags_by_document(session: Session, document_ids: Sequence[int] | None = None) -> dict[int, list[str]]:
-    """document id -> its gold tags in alphabetical order (only documents with a tag); all documents or these."""
-    query = select(GoldTag.document_id, GoldTag.tag).order_by(GoldTag.tag)
-    if document_ids is not None:
-        query = query.where(GoldTag.document_id.in_(list(document_ids)))
-    tags: dict[int, list[str]] = {}
-    for doc_id, tag in session.execute(query):
-        tags.setdefault(doc_id, []).append(tag)
-    return tags
+    """document id -> its gold tags in alphabetical order (only documents with a tag); all documents or these.
+
+    Gold is the file's front-matter tags plus the tags a reviewer accepted, minus those a reviewer
+    rejected; a front-matter tag is never removed by a review (the file wins).
+    """
+    return {d: sorted(tags) for d, tags in gold_tag_origins(session, document_ids).items() if tags}
+
+
+def gold_tag_origins(session: Session, document_ids: Sequence[int] | None = None) -> dict[int, dict[str, str]]:
+    """document id -> {gold tag: "front_matter" | "review"}."""
+    ids = list(document_ids) if document_ids is not None else None
+    front = select(GoldTag.document_id, GoldTag.tag)
+    reviewed = select(ReviewLabel.document_id, ReviewLabel.label, ReviewLabel.verdict).where(ReviewLabel.kind == "tag")
+    if ids is not None:
+        front, reviewed = front.where(GoldTag.document_id.in_(ids)), reviewed.where(ReviewLabel.document_id.in_(ids))
+    out: dict[int, dict[str, str]] = {}
+    for doc_id, tag, verdict in session.execute(reviewed):
+        if verdict == "accept":
+            out.setdefault(doc_id, {})[tag] = "review"
+        else:
+            out.setdefault(doc_id, {})
+    for doc_id, tag in session.execute(front):
+        out.setdefault(doc_id, {})[tag] = "front_matter"
+    return out
+
+
+def gold_categories(session: Session, document_ids: Sequence[int] | None = None) -> dict[int, tuple[str, str]]:
+    """document id -> (gold category, "front_matter" | "review"): the file's category wins over a reviewer's."""
+    ids = list(document_ids) if document_ids is not None else None
+    reviewed = select(ReviewLabel.document_id, ReviewLabel.label).where(
+        ReviewLabel.kind == "category", ReviewLabel.verdict == "accept"
+    )
+    front = select(GoldLabel.document_id, GoldLabel.category).where(GoldLabel.category.is_not(None))
+    if ids is not None:
+        front, reviewed = front.where(GoldLabel.document_id.in_(ids)), reviewed.where(ReviewLabel.document_id.in_(ids))
+    out = {doc_id: (label, "review") for doc_id, label in session.execute(reviewed)}
+    out.update({doc_id: (category, "front_matter") for doc_id, category in session.execute(front)})
+    return out
+
+
+def gold_category_condition(document_id_column, category: str):
+    """SQL condition: the document's gold category (front matter, else a review) is `category`."""
+    front = select(GoldLabel.document_id).where(GoldLabel.document_id == document_id_column, GoldLabel.category == category)
+    has_front = select(GoldLabel.document_id).where(
+        GoldLabel.document_id == document_id_column, GoldLabel.category.is_not(None)
+    )
+    reviewed = select(ReviewLabel.document_id).where(
+        ReviewLabel.document_id == document_id_column, ReviewLabel.kind == "category",
+        ReviewLabel.verdict == "accept", ReviewLabel.label == category,
+    )
+    return front.exists() | (~has_front.exists() & reviewed.exists())
 
 
 def active_version(session: Session, task: str, backbone_hash: str) -> AdapterVersion | None:

@@ -220,7 +220,14 @@ class AdapterVersion(Base):
 
 
 class PredictedLabel(Base):
-    """A model's category or tag for a document, kept apart from gold labels."""
+    """A model's category or tag for a document, kept apart from gold labels.
+
+    status (migration 0006): `applied` labels are the document's auto-tags; an `abstained` category scored
+    below the calibrated confidence threshold (the document shows no category and needs review; the row
+    keeps the model's best guess for the reviewer); a `near` tag scored just under its threshold (not
+    applied; the review queue reads it). margin: for a category, top minus second probability; for a tag,
+    score minus its threshold.
+    """
 
     __tablename__ = "predicted_labels"
     __table_args__ = (CheckConstraint("kind IN ('category', 'tag')", name="kind"),)
@@ -234,6 +241,39 @@ class PredictedLabel(Base):
     adapter_version: Mapped[int] = mapped_column(Integer)
     document_version: Mapped[int] = mapped_column(Integer)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    status: Mapped[str] = mapped_column(String(16), default="applied", server_default="applied", index=True)
+    margin: Mapped[float | None] = mapped_column(Float)
+
+
+class ReviewLabel(Base):
+    """A person's verdict on one label of one document: gold with provenance, apart from front matter and predictions.
+
+    verdict `accept`: the label is gold (a confirmed prediction when predicted_label equals label, a
+    replacement when it differs, a new label when nothing was predicted). verdict `reject`: a person said
+    the label is wrong (a rejected predicted tag). Front-matter labels win over reviews (store/queries.py).
+    The rows belong to the document id, so re-ingesting the file keeps them; content_sha256 records which
+    content was reviewed.
+    """
+
+    __tablename__ = "review_labels"
+    __table_args__ = (
+        CheckConstraint("kind IN ('category', 'tag')", name="kind"),
+        CheckConstraint("verdict IN ('accept', 'reject')", name="verdict"),
+    )
+
+    document_id: Mapped[int] = mapped_column(
+        ForeignKey("documents.id", ondelete="CASCADE"), primary_key=True
+    )
+    kind: Mapped[str] = mapped_column(String(16), primary_key=True)
+    label: Mapped[str] = mapped_column(String(128), primary_key=True, index=True)
+    verdict: Mapped[str] = mapped_column(String(16))
+    reviewer: Mapped[str] = mapped_column(String(128))
+    reviewed_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    predicted_label: Mapped[str | None] = mapped_column(String(128))  # what the model said when the person decided
+    predicted_score: Mapped[float | None] = mapped_column(Float)
+    adapter_version: Mapped[int | None] = mapped_column(Integer)  # of that prediction
+    document_version: Mapped[int] = mapped_column(Integer)
+    content_sha256: Mapped[str] = mapped_column(String(64))
 
 
 class PredictedSummary(Base):
@@ -296,3 +336,16 @@ class UserGroup(Base):
 
     user_name: Mapped[str] = mapped_column(ForeignKey("users.name", ondelete="CASCADE"), primary_key=True)
     group_name: Mapped[str] = mapped_column(String(128), primary_key=True, index=True)
+
+
+class ApiToken(Base):
+    """An API token of a user: only its SHA-256 is stored; the token itself is shown once when issued."""
+
+    __tablename__ = "api_tokens"
+
+    id: Mapped[int] = mapped_column(IdType, primary_key=True)
+    user_name: Mapped[str] = mapped_column(ForeignKey("users.name", ondelete="CASCADE"), index=True)
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    last_used_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
