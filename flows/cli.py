@@ -260,6 +260,19 @@ def _print_report(result: dict) -> None:
             f"  active {task}: version {info['version']}",
             highlight=False, markup=False,
         )
+    for doc in overview.get("examples", []):
+        if doc["needs_review"]:
+            category = f"needs review (best guess {doc['category_score']:.2f})"
+        else:
+            category = f"{clean(doc['category'])} {doc['category_score']:.2f}"
+        tags = ", ".join(f"{clean(t['tag'])} {t['score']:.2f}" for t in doc["tags"]) or "no tags"
+        gold = doc["gold"]
+        truth = f"  (gold: {clean(gold['category'] or '-')}; {', '.join(clean(t) for t in gold['tags']) or '-'})"
+        out.print(f"Auto-tagged: {clean(doc['title'])}  {clean(doc['path'])}", highlight=False, markup=False)
+        out.print(f"  category {category}; tags {tags}{truth if gold['category'] or gold['tags'] else ''}",
+                  highlight=False, markup=False)
+        if doc["summary"]:
+            out.print(f"  summary: {clean(doc['summary'])}", highlight=False, markup=False)
     example = overview.get("example_search")
     if example:
         out.print(f"Example search: kb search {clean(repr(example['query']))}", highlight=False, markup=False)

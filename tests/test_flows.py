@@ -312,6 +312,8 @@ def test_kb_run_reports_then_says_nothing_to_do(kb, tmp_path):
     assert first.exit_code == 0, first.output
     assert "Ingest: 7 added" in first.output and "Example search:" in first.output
     assert "Knowledge base: 7 documents" in first.output
+    # a person sees what the models did to a few documents, not only metrics
+    assert first.output.count("Auto-tagged: ") >= 2 and "  category " in first.output and "summary: " in first.output
     second = runner.invoke(app, ["run", str(corpus), "--json"])
     assert second.exit_code == 0, second.output
     import json

@@ -9,7 +9,7 @@ from kb_pipeline.config import Settings
 from kb_pipeline.search.access import OPERATOR, Reader, readable
 from kb_pipeline.store import index_builds, repo, users
 from kb_pipeline.store.db import session_factory
-from kb_pipeline.store.queries import active_versions
+from kb_pipeline.store.queries import active_versions, gold_categories, gold_tags_by_document
 from kb_pipeline.store.schema import Chunk, Document, DocumentAcl, GoldLabel, PredictedLabel, PredictedSummary
 
 
@@ -54,6 +54,7 @@ def overview(settings: Settings, models) -> dict:
         tagged = _current(session, PredictedLabel, versions.get("classify"), PredictedLabel.kind == "category")
         summarised = _current(session, PredictedSummary, versions.get("summarise"))
         live = index_builds.live_build(session)
+        examples = auto_tagged_examples(session)
         adapters = {
             task: {
                 "version": v.id, "kind": v.kind, "primary_metric": v.primary_metric,
@@ -69,7 +70,51 @@ def overview(settings: Settings, models) -> dict:
         "summarised_documents": summarised,
         "index": {"vectors": live.count if live else 0, "embed_key": live.embed_key if live else None},
         "adapters": adapters,
+        "examples": examples,
     }
+
+
+def auto_tagged_examples(session: Session, limit: int = 4) -> list[dict]:
+    """A few public documents as the models left them (one per predicted category first), for a person to read.
+
+    Metrics on a few validation documents can hide that every document got the same tags; the closing report
+    shows the outputs themselves, beside the gold labels where the file has them.
+    """
+    rows = session.execute(
+        select(Document.id, Document.title, Document.path, PredictedLabel.label, PredictedLabel.score, PredictedLabel.status)
+        .join(PredictedLabel, PredictedLabel.document_id == Document.id)
+        .where(Document.status == "active", PredictedLabel.kind == "category", users.readable_filter(None))
+        .order_by(Document.path)
+    ).all()
+    picked, seen = [], set()
+    for row in rows:  # spread over categories, then fill up in path order
+        if row.label not in seen:
+            picked.append(row)
+            seen.add(row.label)
+    picked = (picked + [r for r in rows if r not in picked])[:limit]
+    ids = [r.id for r in picked]
+    tags: dict[int, list[tuple[str, float]]] = {}
+    for doc_id, tag, score in session.execute(
+        select(PredictedLabel.document_id, PredictedLabel.label, PredictedLabel.score)
+        .where(PredictedLabel.document_id.in_(ids), PredictedLabel.kind == "tag", PredictedLabel.status == "applied")
+        .order_by(PredictedLabel.score.desc())
+    ):
+        tags.setdefault(doc_id, []).append((tag, score))
+    summaries = dict(session.execute(
+        select(PredictedSummary.document_id, PredictedSummary.summary).where(PredictedSummary.document_id.in_(ids))
+    ).all())
+    gold_cats, gold_tags = gold_categories(session, ids), gold_tags_by_document(session, ids)
+    return [
+        {
+            "id": r.id, "title": r.title, "path": r.path,
+            "category": None if r.status == "abstained" else r.label,
+            "category_score": round(r.score, 3), "needs_review": r.status == "abstained",
+            "tags": [{"tag": t, "score": round(p, 3)} for t, p in tags.get(r.id, [])],
+            "summary": summaries.get(r.id),
+            "gold": {"category": gold_cats.get(r.id, (None,))[0], "tags": gold_tags.get(r.id, [])},
+        }
+        for r in picked
+    ]
 
 
 def _current(session, table, adapter_version: int | None, *extra) -> int:
