@@ -91,3 +91,7 @@ class NotAvailable(KBError, RuntimeError):
 
 class EvalError(KBError, ValueError):
     """The corpus cannot be evaluated as asked (too few labels, a test glob matching nothing); says why."""
+
+
+class ReviewError(KBError, ValueError):
+    """A review that cannot be recorded: unknown document, empty or conflicting labels, nothing to confirm."""

@@ -14,13 +14,9 @@ from dataclasses import dataclass
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
-from kb_pipeline.errors import KBError
+from kb_pipeline.errors import ReviewError
 from kb_pipeline.ingest.identifiers import MAX_IDENTIFIER_CHARS, normalise_identifier, normalise_identifiers
-from kb_pipeline.store.schema import Document, PredictedLabel, ReviewLabel, utcnow
-
-
-class ReviewError(KBError, ValueError):
-    """A review that cannot be recorded (unknown document, empty label, nothing to confirm)."""
+from kb_pipeline.store.schema import Document, GoldLabel, GoldTag, PredictedLabel, ReviewLabel, utcnow
 
 
 @dataclass(frozen=True)
@@ -56,6 +52,22 @@ def _label(value: str, field: str) -> str:
     if len(label) > MAX_IDENTIFIER_CHARS:
         raise ReviewError(f"{field}: {label[:40]!r}... is longer than {MAX_IDENTIFIER_CHARS} characters")
     return label
+
+
+def _reviewer(value: str) -> str:
+    name = " ".join(str(value).split())
+    if not name:
+        raise ReviewError("reviewer: a review needs the name of the person making it")
+    if len(name) > MAX_IDENTIFIER_CHARS:
+        raise ReviewError(f"reviewer: {name[:40]!r}... is longer than {MAX_IDENTIFIER_CHARS} characters")
+    return name
+
+
+def _front_matter(session: Session, doc_id: int) -> tuple[str | None, set[str]]:
+    """The category and tags the file's front matter sets (they win over any review)."""
+    gold = session.get(GoldLabel, doc_id)
+    tags = set(session.scalars(select(GoldTag.tag).where(GoldTag.document_id == doc_id)))
+    return (gold.category if gold is not None else None), tags
 
 
 def _active_document(session: Session, doc_id: int) -> Document:
@@ -101,17 +113,21 @@ def set_labels(
     """Record a person's labels for one document; returns what was recorded.
 
     category: the document's category (replaces any reviewed category). tags: the document's complete tag
-    set (tags predicted or reviewed before and not in it are rejected). add_tags / remove_tags: accept or
-    reject single tags (the page's per-tag buttons).
+    set (tags predicted or reviewed before and not in it are rejected; the file's own tags stay). add_tags /
+    remove_tags: accept or reject single tags (the page's per-tag buttons). A category or a removed tag that
+    contradicts the file's front matter is refused: the file wins, so such a review would change nothing.
     """
-    reviewer = reviewer.strip()
-    if not reviewer:
-        raise ReviewError("reviewer: a review needs the name of the person making it")
+    reviewer = _reviewer(reviewer)
     doc = _active_document(session, doc_id)
     predicted_category, predicted_tags = _predictions(session, doc_id)
+    front_category, front_tags = _front_matter(session, doc_id)
     out: list[Verdict] = []
     if category is not None:
         label = _label(category, "category")
+        if front_category is not None and front_category != label:
+            raise ReviewError(
+                f"category: the file's front matter sets {front_category!r}, which wins over a review; edit the file"
+            )
         session.execute(delete(ReviewLabel).where(ReviewLabel.document_id == doc_id, ReviewLabel.kind == "category"))
         out.append(_write(session, doc, reviewer, "category", label, "accept", predicted_category))
     accept = list(normalise_identifiers(_label(t, "tags") for t in (tags or ()))) + [_label(t, "tags") for t in add_tags]
@@ -121,7 +137,10 @@ def set_labels(
             ReviewLabel.document_id == doc_id, ReviewLabel.kind == "tag", ReviewLabel.verdict == "accept"
         ))
         applied = [t for t, row in predicted_tags.items() if row.status == "applied"]
-        reject += [t for t in dict.fromkeys([*applied, *reviewed]) if t not in accept]
+        reject += [t for t in dict.fromkeys([*applied, *reviewed]) if t not in accept and t not in front_tags]
+    fixed = sorted(set(reject) & front_tags)
+    if fixed:
+        raise ReviewError(f"tags: {', '.join(fixed)} set by the file's front matter, which wins over a review; edit the file")
     clash = sorted(set(accept) & set(reject))
     if clash:
         raise ReviewError(f"tags: {', '.join(clash)} both added and removed")
@@ -136,13 +155,18 @@ def set_labels(
 
 
 def confirm_predictions(session: Session, doc_id: int, reviewer: str) -> list[Verdict]:
-    """Accept the model's category (even an abstained one: the person vouches for it) and its applied tags."""
+    """Accept what the document shows: the model's category (even an abstained one: the person vouches for
+    it) unless the front matter sets one, and its applied tags no reviewer rejected before."""
+    _active_document(session, doc_id)
     predicted_category, predicted_tags = _predictions(session, doc_id)
-    applied = [t for t, row in predicted_tags.items() if row.status == "applied"]
-    if predicted_category is None and not applied:
-        _active_document(session, doc_id)
+    front_category, _ = _front_matter(session, doc_id)
+    rejected = set(session.scalars(select(ReviewLabel.label).where(
+        ReviewLabel.document_id == doc_id, ReviewLabel.kind == "tag", ReviewLabel.verdict == "reject"
+    )))
+    applied = [t for t, row in predicted_tags.items() if row.status == "applied" and t not in rejected]
+    category = predicted_category.label if predicted_category is not None and front_category is None else None
+    if category is None and not applied:
         raise ReviewError(f"document {doc_id}: no predictions to confirm (run `kb enrich` first, or use `set`)")
-    category = predicted_category.label if predicted_category is not None else None
     return set_labels(session, doc_id, reviewer, category=category, add_tags=applied)
 
 

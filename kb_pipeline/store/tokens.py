@@ -8,14 +8,10 @@ import secrets
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from kb_pipeline.errors import KBError
+from kb_pipeline.errors import UnknownUser
 from kb_pipeline.store.schema import ApiToken, User, utcnow
 
 TOKEN_PREFIX = "kb_"
-
-
-class UnknownUser(KBError, LookupError):
-    """A token was asked for a user that does not exist."""
 
 
 def token_hash(token: str) -> str:
