@@ -118,7 +118,8 @@ def docs(user: str | None = UserOpt, json_out: bool = JsonOpt) -> None:
 def show(
     doc: str = typer.Argument(..., help="Document id or path."), user: str | None = UserOpt, json_out: bool = JsonOpt
 ) -> None:
-    """Show one document: metadata, gold labels, access groups and chunks."""
+    """Show one document: metadata, labels with where they came from, access groups and chunks."""
+    from kb_pipeline.review import document_label_view
     from kb_pipeline.search.access import find_readable, not_found, reader_for
     from kb_pipeline.store import repo
     from kb_pipeline.store.db import session_factory
@@ -140,6 +141,7 @@ def show(
             "updated_at": found.updated_at.isoformat(),
             "metadata": found.meta,
             "gold": repo.document_labels(session, found.id),
+            "labels": document_label_view(session, found.id),  # provenance: file, reviewer or model
             "chunks": [
                 {"id": c.id, "ordinal": c.ordinal, "char_start": c.char_start, "char_end": c.char_end,
                  "token_count": c.token_count, "text": c.text}
@@ -161,10 +163,46 @@ def _print_document(d: dict) -> None:
     out.print(f"category: {clean(gold['category'] or '-')}   tags: {clean(', '.join(gold['tags'])) or '-'}",
               markup=False)
     out.print(f"access:   {clean(', '.join(gold['acl'])) or 'everyone'}", markup=False)
+    for line in _provenance_lines(d["labels"]):
+        out.print(line, markup=False, soft_wrap=True)
     if gold["summary"]:
         out.print(f"summary:  {clean(gold['summary'], multiline=True)}", markup=False)
     preview = d["text"][:600]
     out.print("\n" + clean(preview, multiline=True) + ("…" if len(d["text"]) > 600 else ""), markup=False)
+
+
+def _provenance_lines(labels: dict | None) -> list[str]:
+    """Where each label came from: the file, a reviewer (who, when, what the model said) or the model."""
+    if not labels:
+        return []
+
+    def origin(g: dict) -> str:
+        if g["origin"] != "review":
+            return "front matter"
+        was = f", model said {g['predicted_label']}" if g["action"] == "replaced" else ""
+        changed = ", document changed since" if g["content_changed"] else ""
+        return f"{g['action']} by {g['reviewer']} {(g['reviewed_at'] or '')[:16]}{was}{changed}"
+
+    lines = []
+    if labels["needs_review"]:
+        lines.append("status:   needs review (the model was not confident enough to set a category)")
+    gold = labels["gold"]
+    if gold["category"] or gold["tags"] or labels["rejected_tags"]:
+        lines.append("labels:")
+    if gold["category"]:
+        lines.append(f"  category {gold['category']['label']}: {origin(gold['category'])}")
+    lines += [f"  tag {t['label']}: {origin(t)}" for t in gold["tags"]]
+    lines += [f"  tag {t['tag']}: rejected by {t['reviewer']} {(t['reviewed_at'] or '')[:16]}" for t in labels["rejected_tags"]]
+    predicted = labels["predicted"]
+    if predicted["category"]:
+        c = predicted["category"]
+        lines.append(f"predicted: category {c['label']} {c['score']:.2f} ({c['status']}, adapter v{c['adapter_version']}"
+                     f"{', stale' if c['stale'] else ''})")
+    tags = [f"{t['tag']} {t['score']:.2f}{'' if t['status'] == 'applied' else ' (' + t['status'] + ')'}"
+            for t in predicted["tags"]]
+    if tags:
+        lines.append(f"predicted: tags {', '.join(tags)}")
+    return [clean(line) for line in lines]
 
 
 @app.command()

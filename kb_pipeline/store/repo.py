@@ -13,7 +13,7 @@ from sqlalchemy import delete, func, insert, literal, select, text, update
 from sqlalchemy.orm import Session
 
 from kb_pipeline.store.ingest_runs import run_dict, run_is_gone
-from kb_pipeline.store.queries import gold_tags_by_document
+from kb_pipeline.store.queries import gold_categories, gold_tags_by_document
 from kb_pipeline.store.schema import (
     Chunk,
     Document,
@@ -343,13 +343,15 @@ def document_summaries(session: Session) -> list[dict[str, Any]]:
 
 
 def document_labels(session: Session, doc_id: int) -> dict[str, Any]:
+    """The document's gold labels (front matter, else a reviewer's: store/queries.py) and its ACL."""
     gold = session.get(GoldLabel, doc_id)
+    category = gold_categories(session, [doc_id]).get(doc_id)
     tags = gold_tags_by_document(session, [doc_id]).get(doc_id, [])
     acl = session.scalars(
         select(DocumentAcl.group_name).where(DocumentAcl.document_id == doc_id).order_by(DocumentAcl.group_name)
     )
     return {
-        "category": gold.category if gold else None,
+        "category": category[0] if category else None,
         "tags": list(tags),
         "summary": gold.summary if gold else None,
         "acl": list(acl),

@@ -3,7 +3,9 @@
 A reviewer confirms a prediction, replaces it, adds a label nothing predicted, or rejects a predicted
 tag. Each verdict is one `review_labels` row saying who, when, and which prediction (label, score,
 adapter version) they saw. Predictions never become gold by themselves: only a verdict makes them so.
-What counts as gold when front matter and reviews disagree is decided in store/queries.py (front matter wins).
+What counts as gold when front matter and reviews disagree is decided in store/queries.py (front matter wins);
+`label_views` attaches the provenance (the file, a reviewer, or the model) so every caller tells the same story.
+The caller decides who may read the document (search.access.find_readable); nothing here filters.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from sqlalchemy.orm import Session
 
 from kb_pipeline.errors import ReviewError
 from kb_pipeline.ingest.identifiers import MAX_IDENTIFIER_CHARS, normalise_identifier, normalise_identifiers
+from kb_pipeline.store.queries import gold_categories, gold_tag_origins
 from kb_pipeline.store.schema import Document, GoldLabel, GoldTag, PredictedLabel, ReviewLabel, utcnow
 
 
@@ -183,3 +186,120 @@ def reviews_of(session: Session, doc_ids: Sequence[int]) -> dict[int, list[Revie
 
 def reviewed_document_ids(session: Session) -> set[int]:
     return set(session.scalars(select(ReviewLabel.document_id).distinct()))
+
+
+# --- provenance: where each of a document's labels came from (kb show, kb export, kb review, the web pages) ---
+
+
+def document_label_view(session: Session, doc_id: int) -> dict | None:
+    """One document's labels with provenance (see `label_views`), or None when there is no such document."""
+    return label_views(session, [doc_id]).get(doc_id)
+
+
+def label_views(session: Session, doc_ids: Sequence[int]) -> dict[int, dict]:
+    """document id -> {needs_review, gold: {category, tags, overridden}, predicted: {category, tags}, rejected_tags}.
+
+    gold.category / gold.tags[]: label, origin (front_matter | review) and, for a review, reviewer,
+    reviewed_at, action (confirmed | replaced | added), the prediction seen (label, score, adapter version)
+    and whether the document changed since (content_changed). gold.overridden: reviews the file's front
+    matter overrides. predicted: the model's rows (applied, abstained, near) with score, margin (estimated
+    from the score when the classifier did not store one), adapter version and whether they are stale.
+    """
+    ids = list(dict.fromkeys(doc_ids))
+    if not ids:
+        return {}
+    docs = {d.id: d for d in session.scalars(select(Document).where(Document.id.in_(ids)))}
+    reviews: dict[int, list[ReviewLabel]] = {}
+    for row in session.scalars(select(ReviewLabel).where(ReviewLabel.document_id.in_(ids))):
+        reviews.setdefault(row.document_id, []).append(row)
+    predicted: dict[int, list[PredictedLabel]] = {}
+    query = select(PredictedLabel).where(PredictedLabel.document_id.in_(ids))
+    for row in session.scalars(query.order_by(PredictedLabel.score.desc(), PredictedLabel.label)):
+        predicted.setdefault(row.document_id, []).append(row)
+    categories = gold_categories(session, ids)
+    tag_origins = gold_tag_origins(session, ids)
+    return {
+        d: _view(docs[d], reviews.get(d, []), predicted.get(d, []), categories.get(d), tag_origins.get(d, {}))
+        for d in ids
+        if d in docs
+    }
+
+
+def _view(doc: Document, reviews: list[ReviewLabel], predicted: list[PredictedLabel],
+          category: tuple[str, str] | None, tag_origins: dict[str, str]) -> dict:
+    reviewed = {(r.kind, r.label): r for r in reviews}
+    gold_category = None
+    if category is not None:
+        label, origin = category
+        gold_category = _gold(doc, label, origin, reviewed.get(("category", label)) if origin == "review" else None)
+    gold_tags = [
+        _gold(doc, tag, origin, reviewed.get(("tag", tag)) if origin == "review" else None)
+        for tag, origin in sorted(tag_origins.items())
+    ]
+    overridden = [
+        _review(doc, r) | {"kind": r.kind, "label": r.label, "verdict": r.verdict, "overridden_by": "front_matter"}
+        for r in sorted(reviews, key=lambda r: (r.kind, r.label))
+        if (r.kind == "category" and r.verdict == "accept" and category and category[1] == "front_matter"
+            and category[0] != r.label)
+        or (r.kind == "tag" and r.verdict == "reject" and tag_origins.get(r.label) == "front_matter")
+    ]
+    rejected = [
+        {"tag": r.label} | _review(doc, r)
+        for r in sorted(reviews, key=lambda r: r.label)
+        if r.kind == "tag" and r.verdict == "reject" and r.label not in tag_origins
+    ]
+    predicted_category = next((_predicted(doc, p, reviewed) for p in predicted if p.kind == "category"), None)
+    return {
+        "document_id": doc.id,
+        "version": doc.version,
+        "needs_review": bool(predicted_category and predicted_category["status"] == "abstained" and gold_category is None),
+        "gold": {"category": gold_category, "tags": gold_tags, "overridden": overridden},
+        "predicted": {
+            "category": predicted_category,
+            "tags": [_predicted(doc, p, reviewed) for p in predicted if p.kind == "tag"],
+        },
+        "rejected_tags": rejected,
+    }
+
+
+def _gold(doc: Document, label: str, origin: str, review: ReviewLabel | None) -> dict:
+    empty = dict.fromkeys(("reviewer", "reviewed_at", "action", "predicted_label", "predicted_score",
+                           "adapter_version", "document_version", "content_changed"))
+    return {"label": label, "origin": origin} | (_review(doc, review) if review is not None else empty)
+
+
+def _review(doc: Document, row: ReviewLabel) -> dict:
+    verdict = Verdict(row.kind, row.label, row.verdict, row.predicted_label, row.predicted_score)
+    return {
+        "reviewer": row.reviewer,
+        "reviewed_at": row.reviewed_at.isoformat() if row.reviewed_at else None,
+        "action": verdict.action,
+        "predicted_label": row.predicted_label,
+        "predicted_score": _round(row.predicted_score),
+        "adapter_version": row.adapter_version,
+        "document_version": row.document_version,
+        "content_changed": row.content_sha256 != doc.content_sha256,
+    }
+
+
+def _predicted(doc: Document, row: PredictedLabel, reviewed: dict) -> dict:
+    margin, estimated = row.margin, False
+    if margin is None and row.kind == "category":
+        margin, estimated = max(0.0, 2 * row.score - 1), True
+    review = reviewed.get((row.kind, row.label))
+    out = {
+        "tag" if row.kind == "tag" else "label": row.label,
+        "score": _round(row.score),
+        "status": row.status,
+        "margin": _round(margin),
+        "adapter_version": row.adapter_version,
+        "document_version": row.document_version,
+        "stale": row.document_version != doc.version,
+    }
+    if row.kind == "category":
+        return out | {"margin_estimated": estimated}
+    return out | {"verdict": review.verdict if review is not None else None}
+
+
+def _round(value: float | None) -> float | None:
+    return None if value is None else round(float(value), 6)
