@@ -174,7 +174,8 @@ def test_classify_insufficient_data_messages():
 def test_embed_learns_and_reports_baseline(adapters, kind):
     data = pairs_data()
     before = snapshot(adapters.backbone)
-    result = train_embed(adapters, data, data[::2], adapter_config(kind), tiny_cfg(epochs=6, lr=3e-2))
+    # plain in-batch negatives: GIST's guide (the untuned backbone) is random here, so its false-negative mask is noise
+    result = train_embed(adapters, data, data[::2], adapter_config(kind), tiny_cfg(epochs=6, lr=1e-2), loss="mnrl")
 
     assert_learned(result.history.losses, k=2)
     assert_backbone_untouched(adapters.backbone, before)
@@ -207,10 +208,10 @@ def test_sentence_splitter_keeps_offsets():
     text = 'Intro line. Costs were 3.5 euros! Is it "ok"? Yes\n\nNew para\nwrapped line.\n- bullet one\n- bullet two'
     spans = split_sentences(text)
     assert [s.text for s in spans] == [
-        "Intro line.", "Costs were 3.5 euros!", 'Is it "ok"?', "Yes", "New para\nwrapped line.",
-        "- bullet one", "- bullet two",
+        "Intro line.", "Costs were 3.5 euros!", 'Is it "ok"?', "Yes", "New para wrapped line.",
+        "bullet one", "bullet two",  # list items are sentences without their markers
     ]
-    assert all(text[s.start : s.end] == s.text for s in spans)
+    assert all(" ".join(text[s.start : s.end].split()) == s.text for s in spans)
 
 
 def test_oracle_budget_and_lead():
@@ -353,19 +354,20 @@ def test_extractive_summariser_scores_sentences_from_their_chunk_context():
     assert alone.tolist() != pytest.approx(probs, abs=1e-4)
 
 
-def test_classifier_pools_the_first_chunks_of_a_document():
+def test_classifier_pools_every_chunk_of_a_document():
     adapters = AdapterSet(tiny_backbone("bert"))
     data = classify_data(12)
     chunked = [ClassifyExample(e.text, e.category, e.tags, (e.text, "the team report plan")) for e in data]
     result = train_classify(adapters, chunked[:8], chunked[8:], adapter_config("lora"), tiny_cfg(epochs=1))
     classifier = Classifier.from_result(result)
-    assert classifier.shares_trunk() and classifier.first_chunks == result.head_config["first_chunks"] >= 2
+    assert classifier.shares_trunk() and classifier.first_chunks == result.head_config["first_chunks"] >= 16
     texts = [e.text for e in data[:4]]
     chunks = [[t, "the team report plan", "x y"] for t in texts]
     by_chunks = classifier.predict(adapters, ["ignored"] * 4, chunks=chunks)
     from kb_pipeline.tasks.classify import pooled_groups_in_batches
 
     with adapters.using("classify"):
-        x = pooled_groups_in_batches(adapters, [[t, "the team report plan"] for t in texts], 64, "mean")
-    assert by_chunks == classifier.predict_vectors(x)  # only the first `first_chunks` chunks are read
-    assert classifier.predict(adapters, texts) == classifier.predict(adapters, ["?"] * 4, chunks=[[t] for t in texts])
+        x = pooled_groups_in_batches(adapters, chunks, 64, "mean")
+    lexical = classifier.lexical.probabilities(["ignored"] * 4) if classifier.lexical else None
+    assert by_chunks == classifier.predict_vectors(x, lexical)  # every chunk is read, the last one too
+    assert classifier.predict(adapters, texts) == classifier.predict(adapters, texts, chunks=[[t] for t in texts])

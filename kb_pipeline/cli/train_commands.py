@@ -77,12 +77,28 @@ def _print_outcomes(outcomes) -> None:
         )
         if others:
             out.print(f"    {others}", highlight=False, markup=False)
+        for line in _pair_lines(o.metrics, o.baseline):
+            out.print(f"    {line}", highlight=False, markup=False)
         out.print(
             f"    adapter {o.adapter_params:,} params = {o.adapter_share:.3%} of the backbone's "
             f"{o.backbone_params:,}; head {o.head_params:,}; files {o.size_bytes / 1e6:.2f} MB; {o.seconds:.0f} s",
             highlight=False,
         )
         out.print(f"    {clean(o.message)}", highlight=False, markup=False)
+
+
+def _pair_lines(metrics: dict, baseline: dict) -> list[str]:
+    """The embed adapter's training pairs kept and dropped by source, and its validation figure per source."""
+    from kb_pipeline.training.embed_pairs import describe
+
+    lines = [f"pairs: {describe(metrics['pairs'])}"] if isinstance(metrics.get("pairs"), dict) else []
+    untuned = baseline.get("by_source") or {}
+    for source, m in (metrics.get("by_source") or {}).items():
+        if isinstance(m, dict) and "ndcg@10" in m:
+            was = untuned.get(source, {}).get("ndcg@10")
+            lines.append(f"{source}: ndcg@10 {m['ndcg@10']:.4f}" + (f" vs untuned {was:.4f}" if was is not None else "")
+                         + f" ({m.get('queries', '?')} queries)")
+    return lines
 
 
 @adapters_app.callback()
@@ -114,6 +130,28 @@ def adapters(ctx: typer.Context, json_out: bool = JsonOpt) -> None:
             Text(clean(r["reason"] or "")),
         )
     out.print(table)
+    _classify_tag_shares(rows)
+
+
+def _classify_tag_shares(rows: list[dict]) -> None:
+    """The newest classify version's tags: predicted share beside gold share, over-predicted ones flagged."""
+    from kb_pipeline.training.metrics import over_predicted
+
+    latest = next((r for r in rows if r["task"] == "classify" and r["metrics"].get("tag_shares")), None)
+    if latest is None:
+        return
+    m = latest["metrics"]
+    table = Table("tag", "gold share", "predicted share", "precision", "recall", "flag",
+                  title=f"classify v{latest['version']} tags (out-of-fold training + validation documents)")
+    for tag, s in sorted(m["tag_shares"].items()):
+        flag = "OVER-PREDICTED" if over_predicted(s["gold"], s["predicted"]) else ""
+        table.add_row(Text(clean(tag)), f"{s['gold']:.2f}", f"{s['predicted']:.2f}", f"{s['precision']:.2f}",
+                      f"{s['recall']:.2f}", flag)
+    out.print(table)
+    if "abstain_below" in m:
+        out.print(f"category: abstains below {m['abstain_below']:.2f} (validation coverage {m.get('coverage', 0):.2f}, "
+                  f"accuracy {m.get('covered_accuracy', 0):.2f}); ECE {m.get('ece', 0):.3f}; "
+                  f"tags micro-F1 {m.get('tags_micro_f1', 0):.3f}, macro-F1 {m.get('tags_macro_f1', 0):.3f}")
 
 
 @adapters_app.command()

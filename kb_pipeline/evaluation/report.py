@@ -86,7 +86,9 @@ def _summary_table(m: dict) -> list[str]:
                      f"{_f(_get(modes, 'dense_untuned', 'ndcg@10'))}; keyword {_f(_get(modes, 'keyword', 'ndcg@10'))}"))
     if r.get("n"):
         lead = _f(_get(r, "baselines", "lead", "rougeL"))
-        rows.append(("summary ROUGE-L", _get(r, "model", "rougeL"), f"lead {lead}"))
+        words = _get(r, "baselines", "lead_words")
+        also = f"; {words['label']} {_f(words['rougeL'])}" if words else ""
+        rows.append(("summary ROUGE-L", _get(r, "model", "rougeL"), f"lead sentences {lead}{also}"))
     return ["## Summary", ""] + _table(("metric", "kb-pipeline", "baselines"), rows)
 
 
@@ -121,6 +123,7 @@ def _classification(c: dict) -> list[str]:
         rows.append([cls, c["support"].get(cls, 0), c["train_support"].get(cls, 0)]
                     + [_get(entry, "category", "per_class_f1", cls) for _, entry in systems if entry])
     lines += _table(header, rows)
+    lines += _trust(c.get("model"))
     model = _get(c, "model", "category")
     if model:
         labels = model["confusion_labels"]
@@ -128,6 +131,43 @@ def _classification(c: dict) -> list[str]:
         lines += _table(["gold \\ predicted"] + labels,
                         [[label] + row for label, row in zip(labels, model["confusion_matrix"])])
     lines += ["![confusion matrix](confusion_matrix.png)", "", "![per-class F1](per_class_f1.png)", ""]
+    return lines
+
+
+def _trust(model: dict | None) -> list[str]:
+    """Which predictions to trust: per-class and per-tag precision/recall, tag shares, calibration, abstain."""
+    if not model:
+        return []
+    lines = []
+    per_class = _get(model, "category", "per_class")
+    if per_class:
+        lines += ["### Per-class precision and recall (classify adapter)", ""]
+        lines += _table(("class", "precision", "recall", "F1", "gold share", "predicted share"),
+                        [(c, s["precision"], s["recall"], s["f1"], s["gold_share"], s["predicted_share"])
+                         for c, s in per_class.items()])
+    per_tag = _get(model, "tags", "per_tag")
+    if per_tag:
+        flagged = [t for t, s in per_tag.items() if s["over_predicted"]]
+        lines += ["### Tags (classify adapter)", "",
+                  f"Micro-F1 {_f(model['tags']['micro_f1'])}, macro-F1 {_f(model['tags']['macro_f1'])}; "
+                  f"{model['tags'].get('distinct_tag_sets', 'n/a')} distinct predicted tag sets. A tag is flagged when "
+                  "it is predicted on more than twice its gold share plus 10 points: "
+                  + (", ".join(f"**{t}**" for t in flagged) if flagged else "none") + ".", ""]
+        lines += _table(("tag", "test docs", "precision", "recall", "F1", "gold share", "predicted share", "flag"),
+                        [(t, s["support"], s["precision"], s["recall"], s["f1"], s["gold_share"], s["predicted_share"],
+                          "over-predicted" if s["over_predicted"] else "") for t, s in per_tag.items()])
+    confidence = model.get("confidence")
+    if confidence:
+        chosen = confidence.get("chosen")
+        lines += ["### Calibration and abstain (classify adapter)", "",
+                  f"Expected calibration error of the category probabilities (10 bins): {_f(confidence['ece'])}. "
+                  "A document whose top category scores below the adapter's threshold gets no category and is marked "
+                  "\"needs review\"; coverage is the share of test documents that keep a category, accuracy is "
+                  "measured on them."
+                  + (f" Chosen point: threshold {_f(chosen['threshold'])}, coverage {_f(chosen['coverage'])}, "
+                     f"accuracy {_f(chosen['accuracy'])}." if chosen else ""), ""]
+        lines += _table(("threshold", "coverage", "accuracy"),
+                        [(p["threshold"], p["coverage"], p["accuracy"]) for p in confidence["curve"][::2]])
     return lines
 
 
@@ -166,7 +206,9 @@ def _summaries(r: dict) -> list[str]:
         return lines + [r.get("note", "No summaries."), ""]
     lines += [
         f"{r['n']} test documents with a gold summary; ROUGE F-measures, mean over documents. "
-        "Baseline: **lead sentences** (the first sentences within the summariser's budget of 3 sentences / 60 words).",
+        "Baselines: **lead sentences** (the first sentences within the summariser's budget of 3 sentences / 60 words) "
+        "and **lead N words** (the first N words, N the mean gold summary length), both over the same plain "
+        "sentences the summariser chooses from (no headings, tables or Markdown).",
         "",
     ]
     if r.get("model_note"):

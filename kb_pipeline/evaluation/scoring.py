@@ -16,13 +16,17 @@ from kb_pipeline.training.baselines import most_frequent_category, most_frequent
 from kb_pipeline.training.metrics import (
     accuracy,
     confusion_matrix,
+    coverage_curve,
+    expected_calibration_error,
     macro_f1,
     macro_f1_multilabel,
     mean_rouge,
     micro_f1_multilabel,
     mrr_at_k,
     ndcg_at_k,
+    over_predicted,
     per_class_f1,
+    per_label_scores,
     recall_at_k,
     wilson_interval,
 )
@@ -106,7 +110,17 @@ def score_classification(train: Sequence[GoldDoc], test: Sequence[GoldDoc], pred
         pred = [predicted.get(d.doc_id, {}).get("category") or "(none)" for d in test_cat]
         tag_pred = [predicted.get(d.doc_id, {}).get("tags", ()) for d in test_tagged]
         tags = tag_scores(tag_truth, tag_pred) if test_tagged else None
-        result["model"] = {"label": "classify adapter", "category": category_scores(truth, pred, classes), "tags": tags}
+        category = category_scores(truth, pred, classes)
+        category["per_class"] = _per_label(per_label_scores([{t} for t in truth], [{p} for p in pred], classes))
+        if test_tagged:
+            labels = sorted(set().union(*[set(t) for t in tag_truth], *[set(p) for p in tag_pred]))
+            tags["per_tag"] = _per_label(per_label_scores(tag_truth, tag_pred, labels))
+            tags["distinct_tag_sets"] = len({frozenset(p) for p in tag_pred})
+        result["model"] = {"label": "classify adapter", "category": category, "tags": tags}
+        scores = [predicted.get(d.doc_id, {}).get("category_score") for d in test_cat]
+        if test_cat and all(s is not None for s in scores):
+            result["model"]["confidence"] = confidence_scores(
+                scores, [t == p for t, p in zip(truth, pred)], outcome.metrics.get("abstain_below"))
     else:
         result["model_note"] = f"classify adapter not trained: {outcome.message}"
 
@@ -132,6 +146,27 @@ def score_classification(train: Sequence[GoldDoc], test: Sequence[GoldDoc], pred
         "tags": tfidf_tags,
     }
     return result
+
+
+def _per_label(scores: dict) -> dict:
+    """per_label_scores, rounded, with the over-prediction flag a reader scans for."""
+    return {
+        str(label): {k: round(v, 4) if isinstance(v, float) else v for k, v in s.items()}
+        | {"over_predicted": over_predicted(s["gold_share"], s["predicted_share"])}
+        for label, s in scores.items()
+    }
+
+
+def confidence_scores(confidences: Sequence[float], correct: Sequence[bool], abstain_below: float | None) -> dict:
+    """ECE of the category probabilities, and the coverage/accuracy curve with the adapter's abstain point."""
+    chosen = None
+    if abstain_below is not None:
+        chosen = coverage_curve(confidences, correct, [float(abstain_below)])[0]
+    return {
+        "ece": expected_calibration_error(confidences, correct),
+        "curve": coverage_curve(confidences, correct),
+        "chosen": chosen,
+    }
 
 
 # ----------------------------------------------------------------------------- search
@@ -222,8 +257,12 @@ def _cached_embed(models, texts: Sequence[str]):
 # ----------------------------------------------------------------------------- summaries
 
 
-def score_summaries(test: Sequence[GoldDoc], predicted: dict, outcome) -> dict:
+def score_summaries(test: Sequence[GoldDoc], predicted: dict, outcome, train: Sequence[GoldDoc] = ()) -> dict:
+    """ROUGE-1/2/L of the summarise adapter beside two baselines over the same plain candidate sentences:
+    the lead sentences within the summariser's budget, and the first N words, N the mean length in words of
+    the training documents' gold summaries (of the test ones' when no training document has one)."""
     from kb_pipeline.evaluation.baselines import lead_summaries
+    from kb_pipeline.tasks.summarise import lead_words
 
     scored = [d for d in test if d.summary]
     refs = [d.summary for d in scored]
@@ -241,4 +280,8 @@ def score_summaries(test: Sequence[GoldDoc], predicted: dict, outcome) -> dict:
         result["model_note"] = f"summarise adapter not trained: {outcome.message}"
     lead = summary_scores(lead_summaries([d.text for d in scored]), refs)
     result["baselines"]["lead"] = {"label": "lead sentences"} | lead
+    lengths = [len(d.summary.split()) for d in train if d.summary] or [len(r.split()) for r in refs]
+    n = max(1, round(sum(lengths) / len(lengths)))
+    words = summary_scores([lead_words(d.text, n) for d in scored], refs)
+    result["baselines"]["lead_words"] = {"label": f"lead {n} words", "words": n} | words
     return result

@@ -118,6 +118,8 @@ def predictions(settings: Settings, doc_ids: Sequence[int]) -> dict[int, dict]:
                 p = row["predicted"]
                 out[row["id"]] = {
                     "category": p["category"],
+                    "category_score": p["category_score"],
+                    "needs_review": row.get("needs_review", False),
                     "tags": tuple(t["tag"] for t in p["tags"]),
                     "summary": p["summary"],
                 }

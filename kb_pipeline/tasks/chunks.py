@@ -127,9 +127,9 @@ def pooled_chunks(hidden: Tensor, mask: Tensor, method: str) -> tuple[Tensor, Te
     return pool(hidden, mask, method), mask.sum(dim=1)
 
 
-# A document's topic is in its opening: classify pools its first chunks (~230 tokens on the sample corpus, whose
-# first chunk alone is often just the title and an intro cut at the first heading).
-CLASSIFY_CHUNKS = 2
+# A long document's category is spread through it, not only in its opening: classify pools all its chunks,
+# up to this cap (~10,000 tokens) so one huge file cannot make a batch unbounded.
+CLASSIFY_CHUNKS = 64
 
 
 def pooled_chunks_in_batches(

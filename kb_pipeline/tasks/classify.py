@@ -1,16 +1,21 @@
 """classify: one category (softmax) and any number of tags (sigmoid) per document.
 
-Both heads read one pooled vector from the `classify` adapter: the token-weighted mean of the document's
-first chunks (CLASSIFY_CHUNKS), each encoded exactly as embed encodes it, so at enrichment time classify
-branches off the chunk trunk the other tasks share. Tag thresholds are tuned per tag on validation data
-(training/classify.py) because tag frequencies differ wildly and one global 0.5 under-predicts rare tags.
+Both heads read one pooled vector from the `classify` adapter: the token-weighted mean of ALL the document's
+chunks (up to CLASSIFY_CHUNKS, 64), each encoded exactly as embed encodes it, so at enrichment time classify
+branches off the chunk trunk the other tasks share; a long document's category is spread through it, not
+in its opening. Thresholds come from training/thresholds.py (out-of-fold, with a precision floor and
+shrinkage): per-tag cut-offs, a temperature for the category probabilities, and a confidence below which
+the category is abstained (kept as a guess, stored as 'abstained': the document needs review). Tags just
+under their threshold (within `near_window`) are returned as `near` for the review queue, never applied.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
+import numpy as np
 import torch
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -18,8 +23,8 @@ from torch import Tensor, nn
 
 from kb_pipeline.backbone.heads import ClassifierHead, load_head
 from kb_pipeline.store import outputs
-from kb_pipeline.store.queries import gold_tags_by_document
-from kb_pipeline.store.schema import Document, GoldLabel
+from kb_pipeline.store.queries import gold_categories, gold_tags_by_document
+from kb_pipeline.store.schema import Document
 from kb_pipeline.tasks.chunks import (
     CHUNK_MAX_LENGTH,
     CLASSIFY_CHUNKS,
@@ -28,6 +33,7 @@ from kb_pipeline.tasks.chunks import (
     pooled_chunks_in_batches,
 )
 from kb_pipeline.tasks.encoding import encode, model_input
+from kb_pipeline.tasks.lexical import LexicalModel
 from kb_pipeline.tasks.spec import DocInput, OutputStore, SavedConfig, TaskSpec, TrainConfig
 
 NAME = "classify"
@@ -47,19 +53,38 @@ class ClassifyConfig(SavedConfig):
     max_length: int = CHUNK_MAX_LENGTH
     first_chunks: int = CLASSIFY_CHUNKS
     input: str = "chunks"
-
+    temperature: float = 1.0  # category logits are divided by it (fitted out-of-fold)
+    abstain_below: float = 0.0  # calibrated top probability under which the category is abstained
+    near_window: float = 0.15  # tags this close under their threshold are "near" (review queue)
+    lexical: dict | None = None  # TF-IDF + LR beside the heads (tasks/lexical.py), fused with weights below
+    lexical_weight: float = 0.0  # category: p = (1 - w) * neural + w * lexical
+    lexical_tag_weight: float = 0.0
 
 
 @dataclass
 class Labels:
-    """A document's predicted category (with its probability) and tags above their thresholds, best first."""
+    """A document's predicted category (its calibrated probability, margin over the runner-up, whether it is
+    only a guess below the confidence threshold) and tags over their thresholds as (tag, score), best first,
+    with each one's score - threshold in `tag_margins`; tags just under theirs in `near` (tag, score, margin)."""
 
     category: str
     category_score: float
     tags: list[tuple[str, float]] = field(default_factory=list)
+    category_margin: float = 1.0
+    abstained: bool = False
+    near: list[tuple[str, float, float]] = field(default_factory=list)
+    tag_margins: list[float] = field(default_factory=list)
 
     def as_row(self) -> dict:
-        return {"category": self.category, "category_score": self.category_score, "tags": list(self.tags)}
+        return {
+            "category": self.category, "category_score": self.category_score, "tags": list(self.tags),
+            "category_margin": self.category_margin, "abstained": self.abstained, "near": list(self.near),
+        }
+
+    def storage_row(self) -> dict:
+        """as_row with (tag, score, margin) triples: what store/outputs.save_labels keeps."""
+        margins = self.tag_margins or [None] * len(self.tags)
+        return self.as_row() | {"tags": [(t, s, m) for (t, s), m in zip(self.tags, margins)]}
 
 
 def pooled_groups(adapters, groups: Sequence[Sequence[str]], max_length: int | None, method: str) -> Tensor:
@@ -90,12 +115,20 @@ class ClassifyHeads(nn.Module):
         return self.category(x), self.tags(x) if self.tags is not None else None
 
 
+class Plan(NamedTuple):
+    """What the shared pass reads for one document: its first `chunks` chunks; the lexical model's output."""
+
+    chunks: int
+    lexical: tuple[np.ndarray, np.ndarray | None] | None = None
+
+
 @dataclass
 class Classifier:
-    """Trained heads + label lists; predicts with the `classify` adapter of an AdapterSet."""
+    """Trained heads + label lists (+ the lexical model when fused); predicts with the `classify` adapter."""
 
     heads: ClassifyHeads
     config: ClassifyConfig
+    lexical: LexicalModel | None = None
 
     @classmethod
     def from_tensors(cls, state: dict[str, Tensor], config: dict | ClassifyConfig) -> Classifier:
@@ -104,7 +137,8 @@ class Classifier:
         heads.category = load_head(config.category_head, state, "category.")
         if config.tags_head:
             heads.tags = load_head(config.tags_head, state, "tags.")
-        return cls(heads.eval(), config)
+        lexical = LexicalModel(config.lexical, state) if config.lexical else None
+        return cls(heads.eval(), config, lexical)
 
     @classmethod
     def from_result(cls, result) -> Classifier:
@@ -121,33 +155,41 @@ class Classifier:
     def shares_trunk(self) -> bool:
         return True
 
-    # --- the shared enrichment pass: first chunks -> pooled (vector, tokens) -> combined -> heads
-    def plan(self, doc: DocInput, encoded) -> int:
-        return min(self.first_chunks, len(doc.chunks))
+    # --- the shared enrichment pass: all chunks (up to first_chunks) -> pooled (vector, tokens) -> combined -> heads
+    def plan(self, doc: DocInput, encoded) -> Plan:
+        return Plan(min(self.first_chunks, len(doc.chunks)), self._lexical([model_input(doc.title, doc.text)]))
 
-    def chunks_read(self, plan: int) -> range:
-        return range(plan)
+    def chunks_read(self, plan: Plan) -> range:
+        return range(plan.chunks)
 
     def read(self, hidden: Tensor, mask: Tensor, keys, plans, found: dict) -> None:
         vectors, counts = pooled_chunks(hidden, mask, self.config.pooling)
         for (d, c), vector, count in zip(keys, vectors.float(), counts):
             found.setdefault(d, {})[c] = (vector, count)
 
-    def finish(self, plans: dict[int, int], found: dict[int, dict]) -> dict[int, Labels]:
+    def finish(self, plans: dict[int, Plan], found: dict[int, dict]) -> dict[int, Labels]:
         docs = [d for d in plans if d in found]
         if not docs:
             return {}
         x = torch.cat([_combined(found[d]) for d in docs])  # (N, D)
-        return dict(zip(docs, self.predict_vectors(x)))
+        lexical = None
+        if self.lexical is not None:
+            cat = np.concatenate([plans[d].lexical[0] for d in docs])
+            tags = None if plans[docs[0]].lexical[1] is None else np.concatenate([plans[d].lexical[1] for d in docs])
+            lexical = (cat, tags)
+        return dict(zip(docs, self.predict_vectors(x, lexical)))
+
+    def _lexical(self, texts: Sequence[str]):
+        return self.lexical.probabilities(texts) if self.lexical is not None else None
 
     def predict(
         self, adapters, texts: Sequence[str] | Sequence[DocInput], batch_size: int = 32,
         chunks: Sequence[Sequence[str]] | None = None,
     ) -> list[Labels]:
-        """One Labels per document: each reads its first chunks (or its text when it has none).
+        """One Labels per document: each reads its chunks (up to first_chunks; its text when it has none).
 
         texts: DocInputs (read as `model_input` when they have no chunks), or plain texts with `chunks`
-        (each document's chunk texts in order).
+        (each document's chunk texts in order); plain texts are what the lexical model reads.
         """
         if not texts:
             return []
@@ -155,26 +197,57 @@ class Classifier:
             groups = [
                 [c.text for c in doc.chunks[: self.first_chunks]] or [model_input(doc.title, doc.text)] for doc in texts
             ]
+            plain = [model_input(doc.title, doc.text) for doc in texts]
         else:
             given = chunks if chunks is not None else [()] * len(texts)
             groups = [list(c[: self.first_chunks]) if c else [t] for t, c in zip(texts, given)]
+            plain = list(texts)
         with adapters.using(NAME), torch.no_grad():
             x = pooled_groups_in_batches(adapters, groups, self.config.max_length, self.config.pooling, batch_size)
-        return self.predict_vectors(x)
+        return self.predict_vectors(x, self._lexical(plain))
 
-    def predict_vectors(self, x: Tensor) -> list[Labels]:
-        """The heads on pooled document vectors (N, D)."""
-        categories, tags, thresholds = self.config.categories, self.config.tags, self.config.thresholds
+    def probabilities(self, x: Tensor, lexical=None) -> tuple[np.ndarray, np.ndarray]:
+        """Calibrated category probabilities (N, C) and tag probabilities (N, L), fused with the lexical model's."""
         self.heads.eval()
         with torch.no_grad():
             cat_logits, tag_logits = self.heads(x.float())
-        cat_p = torch.softmax(cat_logits, -1)  # (N, C)
-        tag_p = torch.sigmoid(tag_logits) if tag_logits is not None else torch.zeros(len(x), 0)  # (N, L)
+        cat_p = torch.softmax(cat_logits.double() / self.config.temperature, -1).numpy()  # (N, C)
+        tag_p = torch.sigmoid(tag_logits.double()).numpy() if tag_logits is not None else np.zeros((len(x), 0))
+        if lexical is not None:
+            w, wt = self.config.lexical_weight, self.config.lexical_tag_weight
+            cat_p = (1 - w) * cat_p + w * lexical[0]
+            if lexical[1] is not None and tag_p.shape[1]:
+                tag_p = (1 - wt) * tag_p + wt * lexical[1]
+        return cat_p, tag_p
+
+    def predict_vectors(self, x: Tensor, lexical=None) -> list[Labels]:
+        """The heads on pooled document vectors (N, D) (and the lexical model's probabilities, if fused)."""
+        return self.labels(*self.probabilities(x, lexical))
+
+    def labels(self, cat_p: np.ndarray, tag_p: np.ndarray) -> list[Labels]:
+        """Labels from probabilities: the best category (abstained below the threshold), tags over theirs."""
+        config = self.config
+        thresholds = np.asarray(config.thresholds, dtype=np.float64)
         out = []
-        for i in range(len(x)):
-            best = int(cat_p[i].argmax())
-            chosen = [(tags[j], float(tag_p[i, j])) for j in range(len(tags)) if tag_p[i, j] >= thresholds[j]]
-            out.append(Labels(categories[best], float(cat_p[i, best]), sorted(chosen, key=lambda pair: -pair[1])))
+        for i in range(len(cat_p)):
+            order = np.argsort(-cat_p[i], kind="stable")
+            best = int(order[0])
+            margin = float(cat_p[i, best] - (cat_p[i, order[1]] if len(order) > 1 else 0.0))
+            applied, near = [], []
+            for j, tag in enumerate(config.tags):
+                score, gap = float(tag_p[i, j]), float(tag_p[i, j] - thresholds[j])
+                if thresholds[j] > 1.0:  # a tag too rare (or too unreliable) to apply
+                    continue
+                if gap >= 0:
+                    applied.append((tag, score, gap))
+                elif gap >= -config.near_window:
+                    near.append((tag, score, gap))
+            applied.sort(key=lambda t: -t[1])
+            out.append(Labels(
+                config.categories[best], float(cat_p[i, best]), [(t, score) for t, score, _ in applied],
+                margin, bool(cat_p[i, best] < config.abstain_below), sorted(near, key=lambda t: -t[1]),
+                [gap for *_, gap in applied],
+            ))
         return out
 
 
@@ -187,15 +260,14 @@ def _combined(chunks: dict[int, tuple[Tensor, Tensor]]) -> Tensor:
 
 
 def fingerprint_rows(session: Session) -> list[tuple]:
-    """(document id, version, category, tags) of each active document with a gold category or tag."""
+    """(document id, version, category, tags) of each active document with a gold category or tag (file or review)."""
     tags = gold_tags_by_document(session)
-    query = select(Document.id, Document.version, GoldLabel.category).join(
-        GoldLabel, GoldLabel.document_id == Document.id, isouter=True
-    ).where(Document.status == "active")
+    categories = gold_categories(session)
+    query = select(Document.id, Document.version).where(Document.status == "active")
     return [
-        (doc_id, version, category, tags.get(doc_id, []))
-        for doc_id, version, category in session.execute(query)
-        if category or tags.get(doc_id)
+        (doc_id, version, categories.get(doc_id, (None,))[0], tags.get(doc_id, []))
+        for doc_id, version in session.execute(query)
+        if doc_id in categories or tags.get(doc_id)
     ]
 
 
@@ -205,7 +277,7 @@ def _needing(session: Session, version: int, ids: Sequence[int] | None) -> list[
 
 def _save(session: Session, rows: Sequence[tuple[int, int, Labels]], version: int) -> None:
     outputs.save_labels(
-        session, [dict(out.as_row(), document_id=d, document_version=v) for d, v, out in rows], version
+        session, [dict(out.storage_row(), document_id=d, document_version=v) for d, v, out in rows], version
     )
 
 

@@ -1,16 +1,19 @@
 """Training the classify adapter + heads (the task itself: kb_pipeline/tasks/classify.py).
 
-Tag thresholds are tuned per tag on validation data because tag frequencies differ wildly and one
-global 0.5 cut-off under-predicts the rare ones. The baseline always guesses the most frequent category.
+After the adapter and heads are trained (each step reads up to TRAIN_CHUNKS chunks spread over the
+document; prediction reads all of them), `calibrate` sets the decision rules on documents the heads did
+not learn from (training/thresholds.py says why): a lexical TF-IDF + LR model and its fusion weight,
+the category temperature and abstain threshold, and per-tag thresholds. The baseline always guesses the
+most frequent category.
 """
 
 from __future__ import annotations
 
+import random
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch import Tensor
 
@@ -19,6 +22,7 @@ from kb_pipeline.tasks.chunks import CLASSIFY_CHUNKS
 from kb_pipeline.tasks.classify import (
     MIN_TAG_COUNT,
     NAME,
+    Classifier,
     ClassifyConfig,
     ClassifyHeads,
     pooled_groups,
@@ -39,17 +43,30 @@ from kb_pipeline.training.base import (
     training_task,
 )
 from kb_pipeline.training.baselines import most_frequent_category, tags_on_most_documents
+from kb_pipeline.training.calibration import calibrate
 from kb_pipeline.training.datasets import classify_data as data  # noqa: F401  (the trainer's data)
 from kb_pipeline.training.loop import shuffled_batches, train_loop
-from kb_pipeline.training.metrics import accuracy, macro_f1, macro_f1_multilabel, micro_f1_multilabel, tune_thresholds
+from kb_pipeline.training.metrics import accuracy, macro_f1, macro_f1_multilabel, micro_f1_multilabel
 
 TASK = NAME
 MIN_DOCS = 4
 
 
+TRAIN_CHUNKS = 6  # chunks per document in a gradient step: a fresh random subset each time, to bound a step's cost
+
+
 def example_chunks(example: ClassifyExample) -> list[str]:
-    """The texts a chunk-reading classifier pools for this example: its first chunks, or its text alone."""
+    """The texts the classifier pools for this example at prediction time: its chunks, or its text alone."""
     return list(example.chunks[:CLASSIFY_CHUNKS]) or [example.text]
+
+
+def training_chunks(example: ClassifyExample, rng: random.Random, cap: int = TRAIN_CHUNKS) -> list[str]:
+    """At most `cap` of the example's chunks drawn at random, in document order: their mean estimates the
+    whole document's (what prediction reads) and varies from epoch to epoch, which also regularises."""
+    chunks = example_chunks(example)
+    if len(chunks) <= cap:
+        return chunks
+    return [chunks[i] for i in sorted(rng.sample(range(len(chunks)), cap))]
 
 
 def check_data(train: Sequence[ClassifyExample], val: Sequence[ClassifyExample]) -> None:
@@ -87,10 +104,11 @@ def train(
     torch.manual_seed(cfg.seed)
     heads = ClassifyHeads(pooled_size(adapters.backbone.hidden_size, method), len(categories), len(tags))
     examples = [e for e in train if e.category or e.tags]  # fully unlabelled documents teach nothing
+    rng = random.Random(cfg.seed)
 
     def step(batch: list[ClassifyExample]) -> Tensor:
         set_mode(adapters, heads, True)
-        x = pooled_groups(adapters, [example_chunks(e) for e in batch], cfg.max_length, method)  # (B, D)
+        x = pooled_groups(adapters, [training_chunks(e, rng) for e in batch], cfg.max_length, method)  # (B, D)
         cat_logits, tag_logits = heads(x)  # (B, C), (B, L)
         labels = torch.tensor([cat_index.get(e.category, -100) for e in batch])  # (B,)
         loss = losses.cross_entropy(cat_logits, labels) if (labels >= 0).any() else cat_logits.sum() * 0.0
@@ -105,17 +123,14 @@ def train(
 
     val_labelled = [e for e in val if e.category]
 
-    def scores(batch: Sequence[ClassifyExample]) -> tuple[np.ndarray, np.ndarray | None]:
+    def vectors(batch: Sequence[ClassifyExample]) -> Tensor:
         set_mode(adapters, heads, False)
-        x = pooled_groups_in_batches(adapters, [example_chunks(e) for e in batch], cfg.max_length, method)
-        with torch.no_grad():
-            cat_logits, tag_logits = heads(x)
-        cat_p = torch.softmax(cat_logits, -1).numpy()
-        return cat_p, (torch.sigmoid(tag_logits).numpy() if tag_logits is not None else None)
+        return pooled_groups_in_batches(adapters, [example_chunks(e) for e in batch], cfg.max_length, method)
 
     def validate() -> dict:
-        cat_p, _ = scores(val_labelled)
-        pred = [categories[i] for i in cat_p.argmax(1)]
+        with torch.no_grad():
+            cat_logits, _ = heads(vectors(val_labelled))
+        pred = [categories[i] for i in cat_logits.argmax(1).tolist()]
         truth = [e.category for e in val_labelled]
         return {"accuracy": accuracy(truth, pred), "macro_f1": macro_f1(truth, pred)}
 
@@ -130,21 +145,12 @@ def train(
             on_step,
         )
         metrics = validate()
-        thresholds = np.full(len(tags), 0.5)
-        if tags:
-            _, tag_p = scores(val)
-            targets = np.array([[t in e.tags for t in tags] for e in val], dtype=np.int64)
-            thresholds = tune_thresholds(tag_p, targets)
-            predicted = [{t for j, t in enumerate(tags) if row[j] >= thresholds[j]} for row in tag_p]
-            truth_sets = [set(e.tags) & set(tags) for e in val]
-            metrics["tags_micro_f1"] = micro_f1_multilabel(truth_sets, predicted)
-            metrics["tags_macro_f1"] = macro_f1_multilabel(truth_sets, predicted, tags)
+        x_train, x_val = vectors(examples), vectors(val)
 
-    baseline = majority_baseline(train, val, tags)
     head_config = ClassifyConfig(
         categories=categories,
         tags=tags,
-        thresholds=[float(t) for t in thresholds],
+        thresholds=[0.5] * len(tags),
         category_head=heads.category.config(),
         tags_head=heads.tags.config() if heads.tags is not None else None,
         pooling=method,
@@ -154,12 +160,14 @@ def train(
     state = head_state(heads.category, "category.")
     if heads.tags is not None:
         state.update(head_state(heads.tags, "tags."))
+    metrics |= calibrate(Classifier(heads, head_config), state, examples, val, x_train, x_val, cfg.seed)
+    baseline = majority_baseline(train, val, tags)
     return TrainResult(
         task=TASK,
         config=config,
         train_config=cfg,
         head_state=state,
-        head_config=head_config.to_dict(),
+        head_config=head_config.to_dict(),  # calibrate filled in its thresholds, temperature and lexical model
         metrics=metrics,
         baseline=baseline,
         history=history,

@@ -17,8 +17,8 @@ from sqlalchemy.orm import Session
 from kb_pipeline.store.queries import gold_tags_by_document
 from kb_pipeline.store.schema import Chunk, Document, GoldLabel
 from kb_pipeline.tasks.chunks import CLASSIFY_CHUNKS
-from kb_pipeline.tasks.encoding import heading_and_section, model_input, strip_leading_heading
-from kb_pipeline.training.base import ClassifyExample, Pair, SummaryExample
+from kb_pipeline.tasks.encoding import model_input
+from kb_pipeline.training.base import ClassifyExample, SummaryExample
 
 VAL_SHARE = 0.2
 
@@ -65,21 +65,23 @@ def document_keys(session: Session, doc_ids: Sequence[int]) -> dict[int, str]:
 
 
 def classify_data(session: Session) -> Split[ClassifyExample]:
-    """Labelled documents: title + text, and the first chunks as stored (what the classifier reads)."""
+    """Documents with a gold category (front matter, else a person's review): title + text, and their chunks
+    as stored, up to CLASSIFY_CHUNKS (what the classifier reads)."""
+    from kb_pipeline.store.queries import gold_categories
+
+    categories = gold_categories(session)
     rows = session.execute(
-        select(Document.id, Document.title, Document.text, GoldLabel.category)
-        .join(GoldLabel, GoldLabel.document_id == Document.id)
-        .where(Document.status == "active", GoldLabel.category.is_not(None))
-        .order_by(Document.id)
+        select(Document.id, Document.title, Document.text).where(Document.status == "active").order_by(Document.id)
     ).all()
+    rows = [r for r in rows if r[0] in categories]
     tags = gold_tags_by_document(session)
     first = _chunk_rows(session, [r[0] for r in rows], max_ordinal=CLASSIFY_CHUNKS)
     examples = {
         doc_id: ClassifyExample(
-            model_input(title, text), category, tuple(tags.get(doc_id, ())),
+            model_input(title, text), categories[doc_id][0], tuple(tags.get(doc_id, ())),
             tuple(chunk_text for chunk_text, _, _ in first.get(doc_id, ())),
         )
-        for doc_id, title, text, category in rows
+        for doc_id, title, text in rows
     }
     return _split(examples, session)
 
@@ -117,44 +119,6 @@ def _chunk_rows(
         if doc_id in wanted:
             out.setdefault(doc_id, []).append((text, start, end))
     return out
-
-
-def embed_data(session: Session) -> Split[Pair]:
-    """Query/passage pairs mined from the KB itself: (summary, document), (title, first chunk), (heading, section)."""
-    docs = session.execute(
-        select(Document.id, Document.title, Document.text, GoldLabel.summary)
-        .outerjoin(GoldLabel, GoldLabel.document_id == Document.id)
-        .where(Document.status == "active")
-        .order_by(Document.id)
-    ).all()
-    chunks: dict[int, list[str]] = {}
-    for doc_id, text in session.execute(
-        select(Chunk.document_id, Chunk.text).join(Document).where(Document.status == "active").order_by(
-            Chunk.document_id, Chunk.ordinal
-        )
-    ):
-        chunks.setdefault(doc_id, []).append(text)
-    pairs: dict[int, list[Pair]] = {}
-    for doc_id, title, text, summary in docs:
-        key = str(doc_id)
-        doc_pairs = []
-        if summary:
-            doc_pairs.append(Pair(summary, model_input(title, text), key))
-        doc_chunks = chunks.get(doc_id, [])
-        if title and doc_chunks:
-            first = strip_leading_heading(doc_chunks[0], title)
-            if first:
-                doc_pairs.append(Pair(title, first, key))
-        for chunk in doc_chunks[1:]:
-            heading, section = heading_and_section(chunk)
-            if heading and len(section.split()) >= 8:
-                doc_pairs.append(Pair(heading, section, key))
-        if doc_pairs:
-            pairs[doc_id] = doc_pairs
-    split = _split(pairs, session)
-    split.train = [p for group in split.train for p in group]
-    split.val = [p for group in split.val for p in group]
-    return split
 
 
 def _split(examples: dict[int, T], session: Session) -> Split[T]:

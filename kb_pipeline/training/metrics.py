@@ -137,6 +137,77 @@ def tune_thresholds(scores: np.ndarray, targets: np.ndarray, grid: Iterable[floa
     return thresholds
 
 
+def precision_recall(tp: int, fp: int, fn: int) -> tuple[float, float]:
+    """(precision, recall) from counts; 0.0 where undefined."""
+    return (tp / (tp + fp) if tp + fp else 0.0), (tp / (tp + fn) if tp + fn else 0.0)
+
+
+def per_label_scores(
+    true_sets: Sequence[Iterable[Hashable]], pred_sets: Sequence[Iterable[Hashable]], labels: Iterable[Hashable]
+) -> dict[Hashable, dict[str, float]]:
+    """Per label: precision, recall, F1, gold share and predicted share (of all items), support (gold count).
+
+    Works for single-label data too (pass each item's label as a one-element set). The shares let a reader
+    spot a label predicted far more often than it occurs.
+    """
+    true_sets, pred_sets = [set(s) for s in true_sets], [set(s) for s in pred_sets]
+    n = len(true_sets)
+    out = {}
+    for label in labels:
+        tp = sum(label in t and label in p for t, p in zip(true_sets, pred_sets, strict=True))
+        fp = sum(label not in t and label in p for t, p in zip(true_sets, pred_sets))
+        fn = sum(label in t and label not in p for t, p in zip(true_sets, pred_sets))
+        precision, recall = precision_recall(tp, fp, fn)
+        out[label] = {
+            "precision": precision, "recall": recall, "f1": _f1(tp, fp, fn), "support": tp + fn,
+            "gold_share": (tp + fn) / n if n else 0.0, "predicted_share": (tp + fp) / n if n else 0.0,
+        }
+    return out
+
+
+def over_predicted(gold_share: float, predicted_share: float) -> bool:
+    """A label predicted on more than twice its gold share plus 10 points: the "random tags" symptom."""
+    return predicted_share > 2 * gold_share + 0.10
+
+
+def expected_calibration_error(confidences: Sequence[float], correct: Sequence[bool], bins: int = 10) -> float:
+    """ECE: sum over equal-width confidence bins of (bin share) * |accuracy - mean confidence| in the bin.
+
+    Bins are (lo, hi] except the first, which also holds 0.0; 0.0 for no items.
+    """
+    conf = np.asarray(confidences, dtype=np.float64)
+    hit = np.asarray(correct, dtype=np.float64)
+    if conf.shape != hit.shape:
+        raise ValueError(f"expected_calibration_error: {conf.shape} confidences but {hit.shape} outcomes")
+    if not len(conf):
+        return 0.0
+    index = np.clip(np.ceil(conf * bins).astype(int) - 1, 0, bins - 1)
+    total = 0.0
+    for b in range(bins):
+        inside = index == b
+        if inside.any():
+            total += inside.mean() * abs(hit[inside].mean() - conf[inside].mean())
+    return float(total)
+
+
+def coverage_curve(
+    confidences: Sequence[float], correct: Sequence[bool], thresholds: Iterable[float] | None = None
+) -> list[dict[str, float]]:
+    """For each threshold t: the share of items with confidence >= t (coverage) and their accuracy."""
+    conf = np.asarray(confidences, dtype=np.float64)
+    hit = np.asarray(correct, dtype=bool)
+    grid = np.round(np.arange(0.0, 0.951, 0.05), 2) if thresholds is None else thresholds
+    out = []
+    for t in grid:
+        covered = conf >= t
+        out.append({
+            "threshold": float(t),
+            "coverage": float(covered.mean()) if len(conf) else 0.0,
+            "accuracy": float(hit[covered].mean()) if covered.any() else 0.0,
+        })
+    return out
+
+
 # --------------------------------------------------------------------------- retrieval (binary relevance)
 
 
