@@ -57,6 +57,21 @@ def span_mean(hidden: Tensor, rows: Tensor, starts: Tensor, ends: Tensor) -> Ten
     return spread.reshape(len(rows), batch * width) @ hidden.reshape(batch * width, size)  # (N, H)
 
 
+def segment_mean(hidden: Tensor, rows: Tensor, starts: Tensor, ends: Tensor) -> Tensor:
+    """span_mean for many short spans (words): gathers only the tokens inside them, so memory is O(tokens).
+
+    hidden (B, T, H); rows, starts, ends (N,) -> (N, H). Differentiable; an empty span gives 0.
+    """
+    lengths = (ends - starts).clamp(min=0)  # (N,)
+    owner = torch.repeat_interleave(torch.arange(len(rows), device=hidden.device), lengths)  # (M,) span of each token
+    offset = torch.arange(len(owner), device=hidden.device) - torch.repeat_interleave(
+        torch.cumsum(lengths, 0) - lengths, lengths
+    )  # (M,) position of each token inside its span
+    tokens = hidden[rows[owner], starts[owner] + offset]  # (M, H)
+    total = hidden.new_zeros((len(rows), hidden.shape[-1])).index_add(0, owner, tokens)  # (N, H)
+    return total / lengths.clamp(min=1).unsqueeze(-1).to(hidden.dtype)
+
+
 def l2_normalize(x: Tensor) -> Tensor:
     """Unit-length rows, so a dot product is a cosine similarity (what the vector index stores)."""
     return F.normalize(x, p=2, dim=-1)
@@ -115,6 +130,24 @@ class SentenceScorer(nn.Module):
                 "dropout": self.dropout_p}
 
 
+class WordTagger(nn.Module):
+    """Deletion-based compression: keep-logit of a word = MLP([word vector ; its sentence's vector ; position])."""
+
+    num_position_features = 2
+
+    def __init__(self, hidden_size: int, inner: int = 128, dropout: float = 0.1):
+        super().__init__()
+        self.hidden_size, self.inner, self.dropout_p = hidden_size, inner, dropout
+        self.mlp = ClassifierHead(2 * hidden_size + self.num_position_features, 1, inner, dropout)
+
+    def forward(self, words: Tensor, sentences: Tensor, positions: Tensor) -> Tensor:  # (N, H), (N, H), (N, 2) -> (N,)
+        x = torch.cat([words, sentences, positions.to(words.dtype)], dim=-1)  # (N, 2H+2)
+        return self.mlp(x).squeeze(-1)  # (N,)
+
+    def config(self) -> dict:
+        return {"type": "word_tagger", "hidden_size": self.hidden_size, "inner": self.inner, "dropout": self.dropout_p}
+
+
 def build_head(config: dict) -> nn.Module:
     """Rebuild an (untrained) head from its `config()`; load its tensors with `load_state_dict`."""
     kind = config.get("type")
@@ -122,6 +155,8 @@ def build_head(config: dict) -> nn.Module:
         return ClassifierHead(config["hidden_size"], config["num_labels"], config["inner"], config["dropout"])
     if kind == "sentence_scorer":
         return SentenceScorer(config["hidden_size"], config["inner"], config["dropout"])
+    if kind == "word_tagger":
+        return WordTagger(config["hidden_size"], config["inner"], config["dropout"])
     raise ValueError(f"unknown head type {kind!r} in head config")
 
 

@@ -120,7 +120,7 @@ def run_eval(
             metrics["search"] = scoring.score_search(scratch, docs, test, tuned, untuned, outcomes["embed"])
 
             stages("summaries")
-            metrics["summaries"] = scoring.score_summaries(test, predicted, outcomes["summarise"])
+            metrics["summaries"] = scoring.score_summaries(test, predicted, outcomes["summarise"], train=train)
         finally:
             models.adapters.close()
 

@@ -4,14 +4,16 @@ An encoder cannot write text, so it learns which sentences to keep (training/sum
 with a greedy ROUGE oracle). A sentence is read in context (BERTSUM-style): the summarise adapter encodes
 the document's chunks, exactly as embed encodes them, and a sentence's vector is the mean of its tokens'
 states inside its chunk; so at enrichment time the summariser branches off the chunk trunk the other
-tasks share. A decoder writes the summary after a fixed prompt, one document at a time. Both are judged
+tasks share; a small word tagger reading the same states may compress each chosen sentence to one phrase
+(tasks/compression.py), when that scored higher on validation. A decoder writes a one-line summary after a
+fixed prompt, in left-padded batches, within a length budget derived from the training summaries. Both are judged
 against the lead-sentences baseline, which is hard to beat on documents that open with their point.
-`split_sentences` is the one sentence splitter of summaries, their baseline and their oracle.
+`split_sentences` is the one sentence splitter of summaries, their baselines and their oracle: it yields
+plain prose sentences only (never headings, table rows or Markdown syntax; tasks/plain_text.py).
 """
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
@@ -21,41 +23,27 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 from torch import Tensor
 
-from kb_pipeline.backbone.heads import SentenceScorer, load_head, position_features, span_mean
+from kb_pipeline.backbone.heads import SentenceScorer, WordTagger, load_head, position_features, segment_mean, span_mean
 from kb_pipeline.store import outputs
 from kb_pipeline.store.schema import Document, GoldLabel
 from kb_pipeline.tasks.chunks import CHUNK_MAX_LENGTH, EncodedChunk, Slot, chunk_spans, encode_chunks, sentence_slots
+from kb_pipeline.tasks.compression import MIN_WORDS, WordSlots, compress, word_slots
 from kb_pipeline.tasks.encoding import pad_batch, pad_id, token_limit
+from kb_pipeline.tasks.plain_text import Span, candidate_sentences
 from kb_pipeline.tasks.spec import DocInput, OutputStore, SavedConfig, TaskSpec, TrainConfig
 
 NAME = "summarise"
 MAX_SENTENCES, MAX_WORDS = 3, 60
 MAX_SCORED = 128  # sentences considered per document; later ones are rarely summary material
-PROMPT_HEAD, PROMPT_TAIL = "Summarise the document.\n\nDocument:\n", "\n\nSummary:"
-PROMPT = PROMPT_HEAD + "{text}" + PROMPT_TAIL
-
-# a sentence: starts at non-space, ends after .!? (+ closing quotes/brackets) before whitespace,
-# or before a blank line / a bullet line, or at the end of the text
-_SENTENCE = re.compile(
-    r"\S.*?(?:[.!?]+[\"'\u201d\u2019)\]]*(?=\s)|(?=[ \t]*\n[ \t]*\n)|(?=[ \t]*\n[ \t]*(?:[-*\u2022]|\d+[.)])\s)|\Z)",
-    re.S,
-)
-
-
-class Span(NamedTuple):
-    start: int
-    end: int
-    text: str
-
+PROMPT = "Write a one-line summary of the document.\n\nDocument:\n{text}\n\nOne-line summary:"
 
 def split_sentences(text: str) -> list[Span]:
-    """Sentences with their character offsets in `text` (so callers can highlight them)."""
-    spans = []
-    for match in _SENTENCE.finditer(text):
-        start, end = match.start(), match.start() + len(match.group().rstrip())
-        if end > start:
-            spans.append(Span(start, end, text[start:end]))
-    return spans
+    """Candidate summary sentences: plain prose with char offsets in `text` (so callers can highlight them).
+
+    Headings, table rows, code and metadata lines are never candidates; Markdown syntax is stripped
+    from each sentence's text (tasks/plain_text.py).
+    """
+    return candidate_sentences(text)
 
 
 def within_budget(order: Sequence[int], spans: Sequence[Span], max_sentences: int, max_words: int) -> list[int]:
@@ -77,11 +65,18 @@ def lead_summary(text: str, max_sentences: int = MAX_SENTENCES, max_words: int =
     return " ".join(spans[i].text for i in within_budget(range(len(spans)), spans, max_sentences, max_words))
 
 
+def lead_words(text: str, n: int) -> str:
+    """The first n words of the document's candidate sentences (the lead-N-words baseline)."""
+    return " ".join(" ".join(s.text for s in split_sentences(text)).split()[: max(1, n)])
+
+
 class DocPlan(NamedTuple):
-    """A document's scored sentences and where each is read (sentences without a slot are never picked)."""
+    """A document's scored sentences, where each is read (sentences without a slot are never picked), and
+    per slot the token range of each of its words in the same chunk (for the compressor)."""
 
     spans: list[Span]
     slots: list[Slot]
+    words: list[WordSlots] = []
 
     def by_chunk(self) -> dict[int, list[int]]:
         """chunk index -> indices into `slots`, for the chunks that hold scored sentences."""
@@ -93,7 +88,9 @@ class DocPlan(NamedTuple):
 
 def plan_document(text: str, chunks: Sequence[tuple[int, int]], encoded: Sequence[EncodedChunk]) -> DocPlan:
     spans = split_sentences(text)[:MAX_SCORED]
-    return DocPlan(spans, sentence_slots(spans, chunks, encoded))
+    slots = sentence_slots(spans, chunks, encoded)
+    words = [word_slots(spans[s.sentence], s, chunks[s.chunk][0], encoded[s.chunk]) for s in slots]
+    return DocPlan(spans, slots, words)
 
 
 def encoded_document(tokenizer, text: str, chunks: Sequence[tuple[int, int]], max_length: int):
@@ -112,10 +109,11 @@ def slot_vectors(hidden: Tensor, rows: Sequence[int], slots: Sequence[Slot]) -> 
     )
 
 
-def prompt_and_target(tokenizer, text: str, summary: str | None, limit: int, summary_budget: int):
+def prompt_and_target(tokenizer, text: str, summary: str | None, limit: int, summary_budget: int, prompt: str = PROMPT):
     """Token ids of the prompt (document truncated to fit) and of the target summary + eos (None at inference)."""
-    head = tokenizer(PROMPT_HEAD, add_special_tokens=True)["input_ids"]
-    tail = tokenizer(PROMPT_TAIL, add_special_tokens=False)["input_ids"]
+    head_text, _, tail_text = prompt.partition("{text}")
+    head = tokenizer(head_text, add_special_tokens=True)["input_ids"]
+    tail = tokenizer(tail_text, add_special_tokens=False)["input_ids"]
     target = None
     if summary is not None:
         eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
@@ -128,25 +126,33 @@ def prompt_and_target(tokenizer, text: str, summary: str | None, limit: int, sum
 
 @dataclass
 class SummariseConfig(SavedConfig):
-    """How a summariser was trained and reads: extractive (scorer, budget, tuned threshold) or abstractive."""
+    """How a summariser was trained and reads: extractive (scorer, budget, tuned threshold, optional
+    compression) or abstractive (prompt and length budget, both derived at training time)."""
 
     mode: str  # "extractive" (encoder backbones) or "abstractive" (decoder backbones)
     max_length: int = CHUNK_MAX_LENGTH
     scorer: dict | None = None  # the SentenceScorer's own config (extractive)
-    max_sentences: int = MAX_SENTENCES
-    max_words: int = MAX_WORDS
+    max_sentences: int = MAX_SENTENCES  # tuned on validation ROUGE-L (extractive)
+    max_words: int = MAX_WORDS  # abstractive: cut generated text to this many words
     threshold: float = 0.5  # tuned on validation ROUGE-L after training (extractive)
     input: str = "chunks"  # sentences are read inside their chunks
     prompt: str = PROMPT  # abstractive
-    max_new_tokens: int = 96  # abstractive
-
+    max_new_tokens: int = 96  # abstractive: derived from the gold summaries' length in training
+    tagger: dict | None = None  # the WordTagger's config (extractive, trained with the scorer)
+    compress: bool = False  # chosen on validation ROUGE-L: compress only where it beats whole sentences
+    word_threshold: float = 0.5
+    min_words: int = MIN_WORDS
+    phrase_words: int | None = None  # longest compressed phrase, chosen on validation (None: no limit)
 
 
 @dataclass
 class Summary:
-    """A document's summary: its sentences (extractive) or generated text (abstractive)."""
+    """A document's summary: its sentences (extractive, possibly compressed) or generated text (abstractive)."""
 
     text: str
+
+
+TAGGER = "tagger."  # prefix of the word tagger's tensors in the adapter's head state
 
 
 @dataclass
@@ -155,12 +161,16 @@ class Summariser:
 
     scorer: SentenceScorer | None
     config: SummariseConfig
+    tagger: WordTagger | None = None
 
     @classmethod
     def from_tensors(cls, state: dict[str, Tensor], config: dict | SummariseConfig) -> Summariser:
         config = config if isinstance(config, SummariseConfig) else SummariseConfig.from_dict(config)
-        scorer = load_head(config.scorer, state) if config.mode == "extractive" else None
-        return cls(scorer, config)
+        if config.mode != "extractive":
+            return cls(None, config)
+        scorer = load_head(config.scorer, {k: v for k, v in state.items() if not k.startswith(TAGGER)})
+        tagger = load_head(config.tagger, state, prefix=TAGGER) if config.tagger else None
+        return cls(scorer, config, tagger)
 
     @classmethod
     def from_result(cls, result) -> Summariser:
@@ -176,6 +186,9 @@ class Summariser:
     def shares_trunk(self) -> bool:
         """Extractive summarisers score sentences inside stored chunks; a decoder writes from the whole text."""
         return self.scorer is not None
+
+    def reads_words(self) -> bool:
+        return self.tagger is not None and self.config.compress
 
     # --- the shared enrichment pass: chunks holding scored sentences -> sentence vectors -> scorer -> budget
     def plan(self, doc: DocInput, encoded: Sequence[EncodedChunk]) -> DocPlan:
@@ -205,18 +218,19 @@ class Summariser:
             texts = [doc.text for doc in texts]
         with adapters.using(NAME), torch.no_grad():
             if self.scorer is not None:
-                scored = self.chunk_probs(adapters, texts, chunks, batch_size)
-                return [Summary(self.select(spans, probs, self.config.threshold)) for spans, probs in scored]
-            return [Summary(self._generate(adapters, text)) for text in texts]
+                found = self.chunk_found(adapters, texts, chunks, batch_size)
+                return [Summary(self.summary_from(plan, vectors)) for plan, vectors in found]
+            return [Summary(text) for text in self.generate(adapters, texts, batch_size=min(batch_size, 16))]
 
-    def chunk_probs(
+    def chunk_found(
         self,
         adapters,
         texts: Sequence[str],
         chunks: Sequence[Sequence[tuple[int, int]]] | None = None,
         batch_size: int = 32,
-    ) -> list[tuple[list[Span], list[float]]]:
-        """Each scored sentence's probability of belonging in the summary, read inside its chunk.
+        words: bool | None = None,
+    ) -> list[tuple[DocPlan, dict]]:
+        """Each document's plan and what `collect` found in it (sentence vectors; word keep-probabilities).
 
         The active adapter must be `summarise`. Chunks run in length-sorted batches through
         `hidden_states`, so during training their trunk comes from the cache.
@@ -229,19 +243,23 @@ class Summariser:
             plan = plan_document(text, spans, encoded)
             plans.append(plan)
             rows += [(i, chunk, encoded[chunk].ids) for chunk in sorted(plan.by_chunk())]
-        vectors: list[dict[int, Tensor]] = [{} for _ in texts]  # per document: slot index -> (H,)
+        found: list[dict] = [{} for _ in texts]  # per document: slot index -> (H,), ("words", slot) -> probs
         order = sorted(range(len(rows)), key=lambda r: len(rows[r][2]))
         for start in range(0, len(order), batch_size):
             batch = [rows[r] for r in order[start : start + batch_size]]
             ids, mask = pad_batch([ids for _, _, ids in batch], pad_id(tokenizer))
             with torch.no_grad():
                 hidden = adapters.hidden_states(ids, mask)  # (B, T, H)
-            self.collect(hidden, [(doc, chunk) for doc, chunk, _ in batch], plans, vectors)
-        return [(plan.spans, self.probs(plan, found)) for plan, found in zip(plans, vectors)]
+            self.collect(hidden, [(doc, chunk) for doc, chunk, _ in batch], plans, found, words)
+        return list(zip(plans, found))
 
-    @staticmethod
-    def collect(hidden: Tensor, keys: Sequence[tuple[int, int]], plans, out) -> None:
-        """Pool the sentence vectors of rows keys[b] = (document, chunk) of hidden (B, T, H) into out[document]."""
+    def chunk_probs(self, adapters, texts, chunks=None, batch_size: int = 32) -> list[tuple[list[Span], list[float]]]:
+        """Each scored sentence's probability of belonging in the summary, read inside its chunk."""
+        return [(plan.spans, self.probs(plan, found)) for plan, found in self.chunk_found(adapters, texts, chunks, batch_size)]
+
+    def collect(self, hidden: Tensor, keys: Sequence[tuple[int, int]], plans, out, words: bool | None = None) -> None:
+        """Pool the sentence vectors of rows keys[b] = (document, chunk) of hidden (B, T, H) into out[document];
+        with words (default: when compressing), also each word's keep-probability under out[document]["words", k]."""
         rows, slots, where = [], [], []
         groups = {doc: plans[doc].by_chunk() for doc, _ in keys}
         for b, (doc, chunk) in enumerate(keys):
@@ -254,8 +272,27 @@ class Summariser:
         pooled = slot_vectors(hidden, rows, slots).float()  # (N, H)
         for (doc, k), vector in zip(where, pooled):
             out[doc][k] = vector
+        if words if words is not None else self.reads_words():
+            for (doc, k), probs in zip(where, self.word_probs(hidden, rows, [plans[d].words[k] for d, k in where], pooled)):
+                out[doc]["words", k] = probs
 
-    def probs(self, plan: DocPlan, vectors: dict[int, Tensor]) -> list[float]:
+    def word_probs(self, hidden: Tensor, rows: Sequence[int], words: Sequence[WordSlots], sentences: Tensor) -> list[list[float]]:
+        """Keep-probability of each word of each sentence n (its tokens in row rows[n]); 1.0 for a word without tokens."""
+        flat = [(n, j, len(ws), a, b) for n, ws in enumerate(words) for j, (a, b) in enumerate(ws)]
+        out = [[1.0] * len(ws) for ws in words]
+        if not flat or self.tagger is None:
+            return out
+        n, j, count, a, b = (torch.tensor(col, dtype=torch.long) for col in zip(*flat))
+        vectors = segment_mean(hidden, torch.tensor(list(rows), dtype=torch.long)[n], a, b).float()  # (M, H)
+        self.tagger.eval()
+        with torch.no_grad():
+            p = torch.sigmoid(self.tagger(vectors, sentences[n], position_features(j, count))).tolist()
+        for (s, w, _, lo, hi), value in zip(flat, p):
+            if hi > lo:
+                out[s][w] = value
+        return out
+
+    def probs(self, plan: DocPlan, vectors: dict) -> list[float]:
         """Scorer probabilities of a document's sentences from its slot vectors; sentences without one get 0."""
         probs = [0.0] * len(plan.spans)
         if not plan.slots:
@@ -269,31 +306,71 @@ class Summariser:
             probs[slot.sentence] = value
         return probs
 
-    def summary_from(self, plan: DocPlan, vectors: dict[int, Tensor]) -> str:
-        """The extractive summary from a document's slot vectors (the shared enrichment pass ends here)."""
-        return self.select(plan.spans, self.probs(plan, vectors), self.config.threshold)
+    def summary_from(self, plan: DocPlan, found: dict) -> str:
+        """The extractive summary from what `collect` found in a document (the shared enrichment pass ends here)."""
+        config = self.config
+        return self.compose(plan, found, self.probs(plan, found), config.threshold, config.max_sentences,
+                            config.word_threshold if self.reads_words() else None)
 
-    def select(self, spans: Sequence[Span], probs: Sequence[float], threshold: float) -> str:
+    def compose(self, plan: DocPlan, found: dict, probs: Sequence[float], threshold: float, max_sentences: int,
+                word_threshold: float | None) -> str:
+        """Chosen sentences in document order, each compressed when word_threshold is given."""
+        chosen = self.choose(plan.spans, probs, threshold, max_sentences)
+        if word_threshold is None:
+            return " ".join(plan.spans[i].text for i in chosen)
+        slot_of = {s.sentence: k for k, s in enumerate(plan.slots)}
+        return " ".join(
+            compress(plan.spans[i], found.get(("words", slot_of.get(i)), ()), word_threshold, self.config.min_words,
+                     self.config.phrase_words)
+            for i in chosen
+        )
+
+    def choose(self, spans: Sequence[Span], probs: Sequence[float], threshold: float, max_sentences: int) -> list[int]:
         """Sentences at or above the threshold, best first, within the budget; never empty for a non-empty text."""
         order = sorted(range(len(spans)), key=lambda i: -probs[i])
         keep = [i for i in order if probs[i] >= threshold] or order[:1]
-        keep = within_budget(keep, spans, self.config.max_sentences, self.config.max_words)
-        return " ".join(spans[i].text for i in keep)
+        return within_budget(keep, spans, max_sentences, self.config.max_words)
 
-    def _generate(self, adapters, text: str) -> str:
-        """Greedy decoding one document at a time (no left-padding subtleties; CPU batches gain little)."""
+    def select(self, spans: Sequence[Span], probs: Sequence[float], threshold: float) -> str:
+        return " ".join(spans[i].text for i in self.choose(spans, probs, threshold, self.config.max_sentences))
+
+    # --- abstractive (decoder backbones)
+    def generate(self, adapters, texts: Sequence[str], batch_size: int = 16) -> list[str]:
+        """Greedy summaries, length-sorted batches left-padded so every prompt ends where generation starts."""
         tokenizer = adapters.backbone.tokenizer
         limit = token_limit(adapters, self.config.max_length)
-        prompt, _ = prompt_and_target(tokenizer, text, None, limit, self.summary_budget(limit))
-        ids = torch.tensor([prompt])  # (1, T)
-        out = adapters.generate(
-            input_ids=ids,
-            attention_mask=torch.ones_like(ids),
-            max_new_tokens=self.summary_budget(limit),
-            do_sample=False,
-            pad_token_id=pad_id(tokenizer),
-        )
-        return tokenizer.decode(out[0, ids.shape[1] :], skip_special_tokens=True).strip()
+        budget = self.summary_budget(limit)
+        prompts = [prompt_and_target(tokenizer, t, None, limit, budget, self.config.prompt)[0] for t in texts]
+        out: list[str] = [""] * len(texts)
+        order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+        for start in range(0, len(order), max(1, batch_size)):
+            group = order[start : start + batch_size]
+            ids, mask = left_pad([prompts[i] for i in group], pad_id(tokenizer))  # (B, T)
+            generated = adapters.generate(
+                input_ids=ids, attention_mask=mask, max_new_tokens=budget, do_sample=False, pad_token_id=pad_id(tokenizer)
+            )
+            for row, i in enumerate(group):
+                text = tokenizer.decode(generated[row, ids.shape[1] :], skip_special_tokens=True)
+                out[i] = clip_words(text, self.config.max_words)
+        return out
+
+
+def left_pad(sequences: Sequence[Sequence[int]], pad: int) -> tuple[Tensor, Tensor]:
+    """(B, T) ids and mask, padded on the left (a decoder continues each row from its last real token)."""
+    width = max(1, max(len(s) for s in sequences))
+    ids = torch.full((len(sequences), width), pad, dtype=torch.long)
+    mask = torch.zeros((len(sequences), width), dtype=torch.long)
+    for i, seq in enumerate(sequences):
+        if seq:
+            ids[i, width - len(seq) :] = torch.tensor(list(seq), dtype=torch.long)
+            mask[i, width - len(seq) :] = 1
+    return ids, mask
+
+
+def clip_words(text: str, max_words: int) -> str:
+    """A generated summary's first line (a short summary is one line), at most max_words words."""
+    line = next((ln for ln in text.strip().splitlines() if ln.strip()), "")
+    return " ".join(line.split()[:max_words])
 
 
 def fingerprint_rows(session: Session) -> list[tuple]:

@@ -1,21 +1,26 @@
 """Training the summarise adapter (the task itself, and its inference: kb_pipeline/tasks/summarise.py).
 
 Extractive (encoder backbones): each sentence is labelled by a greedy ROUGE oracle against the gold
-summary and a SentenceScorer learns those labels, reading each sentence inside its chunk. Abstractive
+summary and a SentenceScorer learns those labels, reading each sentence inside its chunk; a WordTagger
+learns, on the oracle sentences, which words an LCS alignment with the gold summary keeps. The keep-threshold,
+the sentence budget and whether to compress are then chosen on validation ROUGE-L. Abstractive
 (decoder backbones): the adapter learns to write the summary after a fixed prompt, with the loss on
 summary tokens only. Both are judged against the lead-sentences baseline.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import NamedTuple
 
 import torch
-from torch import Tensor
+import torch.nn.functional as F
+from torch import Tensor, nn
 
-from kb_pipeline.backbone.heads import SentenceScorer, head_state, position_features, span_mean
+from kb_pipeline.backbone.heads import SentenceScorer, WordTagger, head_state, position_features, segment_mean, span_mean
+from kb_pipeline.tasks.compression import lcs_keep
 from kb_pipeline.tasks.encoding import pad_batch, pad_id, token_limit
 from kb_pipeline.tasks.registry import load_task
 from kb_pipeline.tasks.spec import TrainConfig
@@ -24,6 +29,7 @@ from kb_pipeline.tasks.summarise import (
     MAX_WORDS,
     NAME,
     PROMPT,
+    TAGGER,
     Span,
     SummariseConfig,
     Summariser,
@@ -72,7 +78,7 @@ def oracle_labels(spans: Sequence[Span], summary: str, max_sentences: int, max_w
 
 
 class ChunkItem(NamedTuple):
-    """One chunk of a training document and the scored sentences read in it."""
+    """One chunk of a training document, the scored sentences read in it, and the words of its summary sentences."""
 
     ids: list[int]
     starts: list[int]
@@ -80,6 +86,18 @@ class ChunkItem(NamedTuple):
     index: list[int]  # sentence index in the document
     count: int  # scored sentences in the document
     labels: list[int]
+    words: list[tuple[int, int, int, int, int, int]] = []  # (sentence k in this item, position, count, start, end, keep)
+
+
+def word_labels(spans: Sequence[Span], labels: Sequence[int], summary: str) -> dict[int, list[int]]:
+    """Keep-labels of the words of each oracle sentence: an LCS of their words, in order, with the summary's."""
+    chosen = [i for i, y in enumerate(labels) if y]
+    keep = lcs_keep([w.text for i in chosen for w in spans[i].words], summary)
+    out, at = {}, 0
+    for i in chosen:
+        out[i] = keep[at : at + len(spans[i].words)]
+        at += len(spans[i].words)
+    return out
 
 
 def chunk_items(tokenizer, examples: Sequence[SummaryExample], max_length: int) -> list[ChunkItem]:
@@ -88,12 +106,18 @@ def chunk_items(tokenizer, examples: Sequence[SummaryExample], max_length: int) 
         chunks, encoded = encoded_document(tokenizer, e.text, e.chunks, max_length)
         plan = plan_document(e.text, chunks, encoded)
         labels = oracle_labels(plan.spans, e.summary, MAX_SENTENCES, MAX_WORDS)
+        keep = word_labels(plan.spans, labels, e.summary)
         for chunk, members in sorted(plan.by_chunk().items()):
             slots = [plan.slots[k] for k in members]
+            words = [
+                (n, j, len(plan.words[k]), a, b, keep[plan.slots[k].sentence][j])
+                for n, k in enumerate(members) if plan.slots[k].sentence in keep
+                for j, (a, b) in enumerate(plan.words[k]) if b > a
+            ]
             items.append(
                 ChunkItem(
                     encoded[chunk].ids, [s.start for s in slots], [s.end for s in slots],
-                    [s.sentence for s in slots], len(plan.spans), [labels[s.sentence] for s in slots],
+                    [s.sentence for s in slots], len(plan.spans), [labels[s.sentence] for s in slots], words,
                 )
             )
     return items
@@ -122,45 +146,60 @@ def train(
     val = [e for e in val if e.summary.strip()]
     fresh_adapter(adapters, TASK, config, cfg.seed)
     torch.manual_seed(cfg.seed)
+    heads: nn.Module | None = None
     if adapters.backbone.family == "decoder":
-        config_ = SummariseConfig("abstractive", cfg.max_length, prompt=PROMPT, max_new_tokens=max_new_tokens)
+        tokens, words = summary_length(adapters.backbone.tokenizer, train)
+        config_ = SummariseConfig(
+            "abstractive", cfg.max_length, prompt=PROMPT, max_new_tokens=min(max_new_tokens, tokens), max_words=words
+        )
         summariser = Summariser(None, config_)
         params, step, batches, select, validate = _abstractive(adapters, summariser, train, val, cfg)
     else:
-        scorer = SentenceScorer(adapters.backbone.hidden_size)
-        config_ = SummariseConfig(  # threshold: tuned below
-            "extractive", cfg.max_length, scorer.config(), MAX_SENTENCES, MAX_WORDS, threshold=0.5
+        scorer, tagger = SentenceScorer(adapters.backbone.hidden_size), WordTagger(adapters.backbone.hidden_size)
+        config_ = SummariseConfig(  # threshold, sentence budget and compression: tuned below
+            "extractive", cfg.max_length, scorer.config(), MAX_SENTENCES, MAX_WORDS, threshold=0.5, tagger=tagger.config()
         )
-        summariser = Summariser(scorer, config_)
-        params, step, batches, select, validate = _extractive(adapters, summariser, train, val, cfg)
+        summariser = Summariser(scorer, config_, tagger)
+        heads = nn.ModuleList([scorer, tagger])
+        params, step, batches, select, validate = _extractive(adapters, summariser, heads, train, val, cfg)
 
     with training_task(adapters, TASK):
         history = train_loop(params, step, batches, validate, select, cfg, on_step)
     if summariser.scorer is not None:
-        tune_threshold(summariser, adapters, val)
+        tune(summariser, adapters, val)
     chunks = [e.chunks for e in val]
     candidates = [c.text for c in summariser.predict(adapters, [e.text for e in val], chunks=chunks)]
     metrics = mean_rouge(candidates, [e.summary for e in val])
     baseline = mean_rouge([lead_summary(e.text) for e in val], [e.summary for e in val])
-    scorer = summariser.scorer
+    state = {}
+    if summariser.scorer is not None:
+        state = head_state(summariser.scorer) | head_state(summariser.tagger, TAGGER)
     return TrainResult(
         task=TASK,
         config=config,
         train_config=cfg,
-        head_state=head_state(scorer) if scorer is not None else {},
+        head_state=state,
         head_config=summariser.config.to_dict(),
         metrics=metrics,
         baseline=baseline,
         history=history,
         adapter_params=adapters.num_parameters(TASK),
-        head_params=count_parameters(scorer),
+        head_params=count_parameters(heads),
         backbone_params=adapters.backbone.num_parameters,
         primary_metric="rougeL",
     )
 
 
-def _extractive(adapters, summariser: Summariser, train, val, cfg: TrainConfig):
-    scorer = summariser.scorer
+def summary_length(tokenizer, train: Sequence[SummaryExample]) -> tuple[int, int]:
+    """(max new tokens, max words) for generation: 1.25x the 90th percentile of the training summaries' length."""
+    tokens = sorted(len(tokenizer(" " + e.summary.strip(), add_special_tokens=False)["input_ids"]) for e in train)
+    words = sorted(len(e.summary.split()) for e in train)
+    p90 = lambda values: values[min(len(values) - 1, int(0.9 * len(values)))]  # noqa: E731
+    return max(8, math.ceil(1.25 * p90(tokens)) + 1), max(4, math.ceil(1.25 * p90(words)))
+
+
+def _extractive(adapters, summariser: Summariser, heads: nn.Module, train, val, cfg: TrainConfig):
+    scorer, tagger = summariser.scorer, summariser.tagger
     tokenizer = adapters.backbone.tokenizer
     items = chunk_items(tokenizer, train, token_limit(adapters, cfg.max_length))
     labels = [y for it in items for y in it.labels]
@@ -169,35 +208,44 @@ def _extractive(adapters, summariser: Summariser, train, val, cfg: TrainConfig):
     pos_weight = torch.tensor(min(20.0, max(1.0, (len(labels) - positives) / max(1, positives))))
 
     def step(batch: list[ChunkItem]) -> Tensor:
-        set_mode(adapters, scorer, True)
+        set_mode(adapters, heads, True)
         ids, mask = pad_batch([it.ids for it in batch], pad_id(tokenizer))  # (B, T)
         hidden = adapters.hidden_states(ids, mask)  # (B, T, H): chunk trunks come from the cache after epoch 1
-        rows = [b for b, it in enumerate(batch) for _ in it.index]
+        rows = torch.tensor([b for b, it in enumerate(batch) for _ in it.index], dtype=torch.long)  # (N,)
         starts = torch.tensor([x for it in batch for x in it.starts])  # (N,)
         ends = torch.tensor([x for it in batch for x in it.ends])  # (N,)
-        vectors = span_mean(hidden, torch.tensor(rows), starts, ends)  # (N, H)
+        vectors = span_mean(hidden, rows, starts, ends)  # (N, H)
         index = torch.tensor([i for it in batch for i in it.index])  # (N,)
         count = torch.tensor([it.count for it in batch for _ in it.index])  # (N,)
         logits = scorer(vectors, position_features(index, count))  # (N,)
         targets = torch.tensor([y for it in batch for y in it.labels], dtype=torch.float32)  # (N,)
-        return losses.multilabel_bce(logits, targets, pos_weight)
+        loss = losses.multilabel_bce(logits, targets, pos_weight)
+        offsets = torch.tensor([0] + [len(it.index) for it in batch]).cumsum(0).tolist()
+        words = [(offsets[b] + n, *rest) for b, it in enumerate(batch) for n, *rest in it.words]
+        if words:  # the compressor learns on the oracle sentences' words
+            sentence, position, total, a, e, keep = (torch.tensor(col, dtype=torch.long) for col in zip(*words))
+            word_vectors = segment_mean(hidden, rows[sentence], a, e)  # (M, H)
+            word_logits = tagger(word_vectors, vectors[sentence], position_features(position, total))  # (M,)
+            loss = loss + F.binary_cross_entropy_with_logits(word_logits, keep.float())
+        return loss
 
     def validate() -> dict:
-        set_mode(adapters, scorer, False)
+        set_mode(adapters, heads, False)
         candidates = summariser.predict(adapters, [e.text for e in val], chunks=[e.chunks for e in val])
         return mean_rouge([c.text for c in candidates], [e.summary for e in val])
 
     batches = lambda epoch: shuffled_batches(items, cfg.batch_size, epoch, cfg.seed)  # noqa: E731
-    return param_groups(adapters, TASK, scorer, cfg), step, batches, "rougeL", validate
+    return param_groups(adapters, TASK, heads, cfg), step, batches, "rougeL", validate
 
 
 def _abstractive(adapters, summariser: Summariser, train, val, cfg: TrainConfig):
     tokenizer = adapters.backbone.tokenizer
     limit = token_limit(adapters, cfg.max_length)
     budget = summariser.summary_budget(limit)
+    prompt = summariser.config.prompt
 
     def lm_batch(batch: Sequence[SummaryExample]) -> Tensor:
-        pairs = [prompt_and_target(tokenizer, e.text, e.summary, limit, budget) for e in batch]
+        pairs = [prompt_and_target(tokenizer, e.text, e.summary, limit, budget, prompt) for e in batch]
         ids, mask = pad_batch([p + t for p, t in pairs], pad_id(tokenizer))  # (B, T)
         labels, _ = pad_batch([[-100] * len(p) + t for p, t in pairs], 0, fill_labels=True)  # (B, T)
         return losses.lm_loss(adapters.lm_logits(ids, mask), labels)
@@ -217,18 +265,40 @@ def _abstractive(adapters, summariser: Summariser, train, val, cfg: TrainConfig)
     return param_groups(adapters, TASK, None, cfg), step, batches, "neg_val_loss", validate
 
 
-def tune_threshold(summariser: Summariser, adapters, val: Sequence[SummaryExample]) -> float:
-    """Pick the keep-threshold with the best validation ROUGE-L (ties: closest to 0.5) and store it."""
+THRESHOLDS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
+PHRASE_WORDS = (None, 16, 10, 6)  # longest compressed phrase: short human summaries favour short phrases
+
+
+def tune(summariser: Summariser, adapters, val: Sequence[SummaryExample]) -> dict:
+    """Pick on validation ROUGE-L the keep-threshold and sentence budget (ties: closest to 0.5, more sentences),
+    then whether to compress and at which word threshold: compression is kept only where it scores higher."""
     with adapters.using(TASK):
-        probs = summariser.chunk_probs(adapters, [e.text for e in val], [e.chunks for e in val])
-    scored = list(zip(probs, [e.summary for e in val]))
-    best = (-1.0, 0.0, 0.5)
-    for t in (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9):
-        candidates = [summariser.select(sp, pr, t) for (sp, pr), _ in scored]
-        value = mean_rouge(candidates, [ref for _, ref in scored])["rougeL"]
-        best = max(best, (value, -abs(t - 0.5), t))
-    summariser.config.threshold = best[2]
-    return best[2]
+        found = summariser.chunk_found(adapters, [e.text for e in val], [e.chunks for e in val], words=True)
+    refs = [e.summary for e in val]
+    probs = [summariser.probs(plan, f) for plan, f in found]
+
+    def rouge_l(threshold: float, sentences: int, word_threshold: float | None) -> float:
+        candidates = [
+            summariser.compose(plan, f, p, threshold, sentences, word_threshold) for (plan, f), p in zip(found, probs)
+        ]
+        return mean_rouge(candidates, refs)["rougeL"]
+
+    config = summariser.config
+    best = max(
+        (rouge_l(t, m, None), -abs(t - 0.5), m, t) for t in THRESHOLDS for m in range(1, MAX_SENTENCES + 1)
+    )
+    config.threshold, config.max_sentences = best[3], best[2]
+    plain = best[0]
+    compressed = (-1.0, 0.0, 0.5, None)
+    for limit in PHRASE_WORDS:
+        config.phrase_words = limit
+        for w in THRESHOLDS[1:-1]:
+            compressed = max(compressed, (rouge_l(config.threshold, config.max_sentences, w), -abs(w - 0.5), w, limit),
+                             key=lambda x: x[:3])
+    config.compress = summariser.tagger is not None and compressed[0] > plain
+    config.word_threshold = compressed[2] if config.compress else 0.5
+    config.phrase_words = compressed[3] if config.compress else None
+    return {"sentences": plain, "compressed": compressed[0], "word_threshold": compressed[2], "phrase_words": compressed[3]}
 
 
 def evaluate(adapters, folder: Path, val: Sequence[SummaryExample], cfg: TrainConfig, spec) -> dict:
