@@ -3,6 +3,7 @@
     python benchmarks/bbc.py                      # 250 articles (~50 per topic), ~13 min on a shared 2-core CPU
     python benchmarks/bbc.py --limit 0            # all 2,125 de-duplicated articles (hours on 2 cores)
     python benchmarks/bbc.py --limit 500 --epochs 3 --out bbc-eval --json
+    python benchmarks/bbc.py --limit 300 --opaque-titles --out /tmp/bbc-opaque   # titles are file ids
 
 Each article (benchmarks/bbc_data.py: headline, body, topic) becomes one Markdown file with front matter
 `title` = headline, `category` = topic, `summary` = headline, and the body as the text. BBC News has no
@@ -40,8 +41,12 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 DEFAULT_LIMIT = 250
 
 
-def write_corpus(folder: Path, limit: int, seed: int) -> dict:
-    """BBC articles as Markdown files named by position only (a file name must not give the topic away)."""
+def write_corpus(folder: Path, limit: int, seed: int, opaque_titles: bool = False) -> dict:
+    """BBC articles as Markdown files named by position only (a file name must not give the topic away).
+
+    opaque_titles: each title is a file id (`doc-000123`), as in KBs of scanned or exported files; the
+    headline survives only as the summary (the embed adapter must then learn from summaries alone).
+    """
     import yaml
 
     docs = load_bbc()
@@ -50,7 +55,8 @@ def write_corpus(folder: Path, limit: int, seed: int) -> dict:
     folder.mkdir(parents=True, exist_ok=True)
     counts: dict[str, int] = {}
     for i, doc in enumerate(docs):
-        front = yaml.safe_dump({"title": doc.headline, "category": doc.label, "summary": doc.headline},
+        title = f"doc-{i:06d}" if opaque_titles else doc.headline
+        front = yaml.safe_dump({"title": title, "category": doc.label, "summary": doc.headline},
                                allow_unicode=True, sort_keys=False, width=10_000)
         (folder / f"bbc-{i:04d}.md").write_text(f"---\n{front}---\n{doc.body}\n", encoding="utf-8")
         counts[doc.label] = counts.get(doc.label, 0) + 1
@@ -94,6 +100,25 @@ def tables(m: dict) -> str:
     return "\n".join(lines)
 
 
+def embed_lines(m: dict) -> list[str]:
+    """The embed adapter: gate decision, validation nDCG@10 tuned vs untuned per source, and the pairs it kept."""
+    adapter, training = m["search"].get("embed_adapter", {}), m.get("training", {}).get("embed", {})
+    if not training.get("trained"):
+        return [f"embed adapter: not trained ({training.get('message') or adapter.get('reason')})"]
+    tuned, untuned = training["validation"], training["validation_baseline"]
+    lines = [f"embed adapter: {'promoted' if adapter.get('promoted') else 'NOT promoted'} ({adapter.get('reason')}); "
+             f"validation nDCG@10 {_f(tuned.get('ndcg@10'))} vs untuned {_f(untuned.get('ndcg@10'))}"]
+    for source, row in tuned.get("by_source", {}).items():
+        before = untuned.get("by_source", {}).get(source, {})
+        lines.append(f"  {source}: {row['queries']} queries among {row['passages']} passages, nDCG@10 "
+                     f"{_f(row['ndcg@10'])} vs {_f(before.get('ndcg@10'))}, MRR@10 {_f(row['mrr@10'])} vs "
+                     f"{_f(before.get('mrr@10'))}, Recall@10 {_f(row['recall@10'])} vs {_f(before.get('recall@10'))}")
+    for source, c in tuned.get("pairs", {}).items():
+        if c["mined"]:
+            lines.append(f"  pairs from {source}: mined {c['mined']}, kept {c['kept']}, dropped {c['dropped'] or 0}")
+    return lines
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--limit", type=int, default=DEFAULT_LIMIT,
@@ -102,6 +127,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--epochs", type=int, default=None, help="maximum epochs per task (default: kb train's)")
     parser.add_argument("--out", type=Path, default=Path("bbc-eval"), help="report folder (default ./bbc-eval)")
     parser.add_argument("--corpus", type=Path, default=None, help="keep the Markdown files here (default: a temp folder)")
+    parser.add_argument("--opaque-titles", action="store_true",
+                        help="titles become file ids (doc-000123); the headline stays only as the summary")
     parser.add_argument("--json", action="store_true", help="print metrics.json on stdout instead of the tables")
     return parser.parse_args(argv)
 
@@ -110,7 +137,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="bbc-corpus-") as tmp:
         corpus = (args.corpus or Path(tmp) / "bbc").resolve()
-        info = write_corpus(corpus, args.limit, args.seed)
+        info = write_corpus(corpus, args.limit, args.seed, args.opaque_titles)
         print(f"{info['articles']} BBC articles written to {corpus}: {info['per_topic']}", file=sys.stderr, flush=True)
         seconds = run_kb_eval(corpus, args.out, args.epochs, [])
     metrics = json.loads((args.out / "metrics.json").read_text())
@@ -118,11 +145,14 @@ def main(argv: list[str] | None = None) -> None:
         print(json.dumps(metrics | {"benchmark": {"corpus": info, "wall_seconds": round(seconds, 1)}}))
         return
     split = metrics["split"]
-    print(f"BBC News, {info['articles']} articles ({', '.join(f'{k} {v}' for k, v in info['per_topic'].items())}); "
+    variant = " (titles replaced by file ids)" if args.opaque_titles else ""
+    print(f"BBC News{variant}, {info['articles']} articles ({', '.join(f'{k} {v}' for k, v in info['per_topic'].items())}); "
           f"kb eval held out {split['test']} (train {split['train']}); backbone {metrics['backbone']['name']} "
           f"{metrics['backbone']['weights_hash']}; wall time {seconds / 60:.1f} min")
     print()
     print(tables(metrics))
+    print()
+    print("\n".join(embed_lines(metrics)))
     print()
     for note in metrics["notes"]:
         print(f"- {note}")

@@ -85,26 +85,19 @@ def write_articles(folder: Path, train: list[Doc], test: list[Doc], seed: int) -
 
 
 def pair_kinds(settings) -> dict:
-    """What `embed_data` mines from this KB, by kind of query (the training data of the embed adapter)."""
-    from sqlalchemy import select
-
+    """What the embed trainer mines from this KB, by source of query, kept (not dropped as uninformative) only."""
     from kb_pipeline.store.db import session_factory
-    from kb_pipeline.store.schema import GoldLabel
-    from kb_pipeline.training import datasets
+    from kb_pipeline.training import embed_pairs
 
     with session_factory(settings)() as session:
-        split = datasets.embed_data(session)
-        summaries = set(session.scalars(select(GoldLabel.summary).where(GoldLabel.summary.is_not(None))))
+        split = embed_pairs.data(session)
     counts = {}
     for side, pairs in (("train", split.train), ("val", split.val)):
-        kinds = {"summary->document": 0, "neutral title->first chunk": 0, "heading->section": 0}
+        kinds = {"summary->document": 0, "title->first chunk": 0, "heading->section": 0}
+        names = {"summary": "summary->document", "title": "title->first chunk", "heading": "heading->section"}
         for p in pairs:
-            if p.query in summaries:
-                kinds["summary->document"] += 1
-            elif p.query.startswith("Article "):
-                kinds["neutral title->first chunk"] += 1
-            else:
-                kinds["heading->section"] += 1
+            if not p.dropped and not p.distractor:
+                kinds[names[p.source]] += 1
         counts[side] = kinds
     counts["train_docs"], counts["val_docs"] = split.train_docs, split.val_docs
     return counts

@@ -27,6 +27,7 @@ TOPICS = {
     "engineering": ("deploy", ["runbook", "release"], "Engineers deploy services and roll back failed releases."),
 }
 
+NAMES = "alpha bravo charlie delta echo foxtrot golf hotel india juliet kilo lima".split()
 QUICK = TrainConfig(epochs=2, batch_size=4, max_length=48, max_steps=6, lr=5e-3)
 
 
@@ -34,9 +35,11 @@ def labelled_corpus(root: Path, per_category: int = 8) -> Path:
     for category, (word, tags, summary) in TOPICS.items():
         for i in range(per_category):
             body = " ".join(f"{summary} Step {j} of the {word} process number {i}." for j in range(6))
-            front = (f"---\ntitle: {word.title()} guide {i}\ncategory: {category}\ntags: [{', '.join(tags)}]\n"
+            # titles differ by a word, not a number: "Leave guide 3" would be a templated title the embed trainer drops
+            title = f"{word.title()} guide {NAMES[i]}"
+            front = (f"---\ntitle: {title}\ncategory: {category}\ntags: [{', '.join(tags)}]\n"
                      f"summary: {summary}\n---\n")
-            text = f"{front}# {word.title()} guide {i}\n\n{body}\n\n## Details\n\n{body}\n"
+            text = f"{front}# {title}\n\n{body}\n\n## Details\n\n{body}\n"
             (root / f"{category}-{i}.md").write_text(text)
     return root
 
