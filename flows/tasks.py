@@ -165,9 +165,11 @@ def enrich_documents(settings: Settings, document_ids: list[int]):
 @task(name="update-index", **RETRIES)
 def update_index(settings: Settings, rebuild: bool = False) -> dict:
     from kb_pipeline.indexing.sync import sync_index
+    from kb_pipeline.search.query_encoder import prepare_query_encoder
 
     models = task_models(settings)
-    return sync_index(settings, models.embed_key, rebuild=rebuild, dim=models.adapters.backbone.hidden_size)
+    result = sync_index(settings, models.embed_key, rebuild=rebuild, dim=models.adapters.backbone.hidden_size)
+    return result | {"query_encoder": prepare_query_encoder(settings, models)}
 
 
 @task(name="summarise-knowledge-base", **RETRIES)
@@ -180,7 +182,7 @@ def knowledge_base_overview(settings: Settings, example_k: int = 3) -> dict:
     query = example_query(settings)
     result["example_search"] = None
     if query:
-        searcher = open_searcher(settings, models)
+        searcher = open_searcher(settings, models, fast_path="cached")
         with session_factory(settings)() as session:
             hits = searcher.search(session, query, k=example_k)
         result["example_search"] = {"query": query, "results": hits}

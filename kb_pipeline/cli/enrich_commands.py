@@ -10,8 +10,11 @@ from kb_pipeline.cli.common import JsonOpt, app, command, emit_json, err, out, p
 def enrich(json_out: bool = JsonOpt) -> None:
     """Tag, summarise and embed everything new or stale, then bring the index up to date."""
     from kb_pipeline.enrich.shared_pass import enrich as run_enrich
+    from kb_pipeline.enrich.shared_pass import load_task_models
+    from kb_pipeline.search.query_encoder import prepare_query_encoder
 
     s = ready_settings()
+    models = load_task_models(s)
     with progress_bar() as bar:
         bars: dict[str, int] = {}
 
@@ -20,8 +23,10 @@ def enrich(json_out: bool = JsonOpt) -> None:
                 bars[stage] = bar.add_task(stage, total=total, detail="")
             bar.update(bars[stage], completed=done, total=total)
 
-        report = run_enrich(s, on_progress=on_progress)
-    data = report.as_dict()
+        report = run_enrich(s, models=models, on_progress=on_progress)
+        bar.add_task("query encoder", total=None, detail="")
+        query_encoder = prepare_query_encoder(s, models)  # searches after this one encode queries fast
+    data = report.as_dict() | {"query_encoder": query_encoder}
     if json_out:
         emit_json(data)
         return

@@ -58,7 +58,7 @@ def search(
         # Search is never the operator's view: without --user it is anonymous (public documents only).
         groups = None if reader.operator else reader.groups
         filters = Filters(tags=tuple(tag), category=category, groups=groups)
-        searcher = Searcher() if mode is Mode.keyword else open_searcher(s)  # keyword needs no model
+        searcher = Searcher() if mode is Mode.keyword else open_searcher(s, fast_path="cached")  # keyword needs no model
         for item in batch:
             results = searcher.search(session, item["query"], k=k, mode=mode.value, filters=filters)
             if json_out or queries:

@@ -3,19 +3,24 @@
 Filters and access control come first: the SQL that finds keyword hits and the set of chunk ids
 handed to FAISS (as an IDSelector) both contain only chunks the user may read and that match the
 tag/category filters, so k results come back whenever k allowed documents exist and nothing
-forbidden can be ranked at all.
+forbidden can be ranked at all. The allowed set is cached per (groups, filters) while the KB's
+search generation is unchanged (search/allowed.py), so a query does not list every readable chunk.
+A hybrid query encodes its text on a worker thread while the keyword SQL runs.
 """
 
 from __future__ import annotations
 
+import itertools
 import re
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 
 import numpy as np
 from sqlalchemy import Float, Integer, and_, func, or_, select, text
 from sqlalchemy.orm import Session
 
+from kb_pipeline.search.allowed import Allowed, AllowedSets
 from kb_pipeline.store import users
 from kb_pipeline.store.queries import gold_category_condition, gold_tags_by_document
 from kb_pipeline.store.schema import Chunk, Document, GoldLabel, GoldTag, PredictedLabel, PredictedSummary, ReviewLabel
@@ -75,9 +80,23 @@ def allowed_condition(filters: Filters):
     return and_(*conditions)
 
 
+def allowed_set(session: Session, filters: Filters) -> Allowed:
+    """Every chunk `filters` allow, with its document (one SQL query, linear in the KB: cached by Searcher)."""
+    query = select(Chunk.id, Chunk.document_id).join(Document, Document.id == Chunk.document_id)
+    rows = session.execute(query.where(allowed_condition(filters)).order_by(Chunk.id)).all()
+    # fromiter over the flattened rows: np.array(rows) walks each Row object (100k rows: 2 s against 11 ms)
+    pairs = np.fromiter(itertools.chain.from_iterable(rows), dtype=np.int64, count=2 * len(rows)).reshape(-1, 2)
+    return Allowed.of(pairs[:, 0], pairs[:, 1])
+
+
 def allowed_chunk_ids(session: Session, filters: Filters) -> np.ndarray:
-    query = select(Chunk.id).join(Document, Document.id == Chunk.document_id).where(allowed_condition(filters))
-    return np.fromiter(session.scalars(query.order_by(Chunk.id)), dtype=np.int64)
+    return allowed_set(session, filters).chunk_ids
+
+
+def filter_key(filters: Filters) -> tuple:
+    """What the allowed set depends on, normalised: group order and letter case do not matter."""
+    groups = None if filters.groups is None else tuple(sorted(set(filters.groups)))
+    return (groups, tuple(sorted({t.lower() for t in filters.tags})), (filters.category or "").lower() or None)
 
 
 def query_terms(query: str) -> list[str]:
@@ -123,15 +142,33 @@ def keyword_hits(session: Session, query: str, filters: Filters, limit: int) -> 
     return [(int(c), int(d), float(s)) for c, d, s in rows]
 
 
-def dense_hits(
-    session: Session, index, query_vector: np.ndarray, allowed: np.ndarray, limit: int
-) -> list[tuple[int, int, float]]:
+def dense_hits(index, query_vector: np.ndarray, allowed: Allowed, limit: int) -> list[tuple[int, int, float]]:
+    """(chunk id, doc id, cosine) best first among `allowed` chunks; owners come from the set, not SQL."""
     if not len(allowed):
         return []
-    scores, ids = index.search(query_vector.reshape(1, -1).astype(np.float32), min(limit, len(allowed)), allowed)
-    found = [(int(i), float(s)) for i, s in zip(ids[0], scores[0]) if i >= 0]
-    owners = dict(session.execute(select(Chunk.id, Chunk.document_id).where(Chunk.id.in_([i for i, _ in found]))).all())
-    return [(cid, owners[cid], score) for cid, score in found if cid in owners]
+    query = query_vector.reshape(1, -1).astype(np.float32)
+    scores, ids = index.search(query, min(limit, len(allowed)), allowed.chunk_ids)
+    keep = ids[0] >= 0
+    found, sims = ids[0][keep], scores[0][keep]
+    owners = allowed.owners(found)
+    return [(int(c), int(d), float(v)) for c, d, v in zip(found, owners, sims)]
+
+
+_POOL: ThreadPoolExecutor | None = None
+
+
+def _done(fn, *args) -> Future:
+    """`fn(*args)` run now, as a finished Future (the sequential twin of submitting it to the pool)."""
+    future: Future = Future()
+    future.set_result(fn(*args))
+    return future
+
+
+def _pool() -> ThreadPoolExecutor:
+    global _POOL
+    if _POOL is None:
+        _POOL = ThreadPoolExecutor(max_workers=4, thread_name_prefix="kb-query")
+    return _POOL
 
 
 def fuse(ranked_lists: dict[str, list[tuple[int, int, float]]], k: int) -> list[Hit]:
@@ -154,22 +191,41 @@ def fuse(ranked_lists: dict[str, list[tuple[int, int, float]]], k: int) -> list[
 
 def search(
     session: Session, query: str, *, k: int = 10, mode: str = "hybrid", filters: Filters = Filters(),
-    index=None, embed=None,
+    index=None, embed=None, allowed_sets: AllowedSets | None = None, parallel: bool = True,
 ) -> list[dict]:
-    """Top-k documents for `query`; `embed(texts) -> (N, dim)` and `index` are needed for dense modes."""
+    """Top-k documents for `query`; `embed(texts) -> (N, dim)` and `index` are needed for dense modes.
+
+    `allowed_sets` (a Searcher's) caches the allowed chunk set between queries; without it each dense query
+    lists the set with SQL. With `parallel`, the query is encoded on a worker thread while the session looks up
+    the set and runs the keyword SQL (sessions never leave the calling thread); that pays when a core is idle,
+    and costs GIL hand-offs when every core is busy (benchmarks/query_path.py measures both).
+    """
     if mode not in MODES:
         raise SearchError(f"unknown mode {mode!r}; expected one of {', '.join(MODES)}")
     if k < 1:
         raise SearchError("k must be at least 1")
     depth = max(50, 5 * k)
     lists: dict[str, list] = {}
-    if mode in ("hybrid", "keyword"):
-        lists["keyword"] = keyword_hits(session, query, filters, depth)
+    encoded = None
     if mode in ("hybrid", "dense"):
-        allowed = allowed_chunk_ids(session, filters)
-        vector = embed([query])[0]
+        # dense alone has nothing to overlap but a cache lookup: only hybrid hands the encoding to a thread
+        encoded = _pool().submit(embed, [query]) if parallel and mode == "hybrid" else _done(embed, [query])
+    try:
+        if encoded is not None:
+            if allowed_sets is not None:
+                allowed = allowed_sets.get(session, filters, filter_key(filters))
+            else:
+                allowed = allowed_set(session, filters)
+        if mode in ("hybrid", "keyword"):
+            lists["keyword"] = keyword_hits(session, query, filters, depth)
+    except BaseException:
+        if encoded is not None:
+            wait([encoded])  # the worker is done before the error reaches the caller
+        raise
+    if encoded is not None:
+        vector = encoded.result()[0]
         while True:  # widen until k distinct documents or every allowed chunk was ranked
-            ranked = dense_hits(session, index, vector, allowed, depth)
+            ranked = dense_hits(index, vector, allowed, depth)
             if len({d for _, d, _ in ranked}) >= k or depth >= len(allowed):
                 break
             depth *= 4
@@ -188,19 +244,34 @@ class Searcher:
 
     embed: Callable[[Sequence[str]], np.ndarray] | None = None
     index: object | None = None
+    allowed: AllowedSets = field(default_factory=lambda: AllowedSets(allowed_set), repr=False)
+    parallel: bool = True  # encode the query on a worker thread while the keyword SQL runs
 
     def search(self, session: Session, query: str, *, k: int = 10, mode: str = "hybrid",
                filters: Filters = Filters()) -> list[dict]:
-        return search(session, query, k=k, mode=mode, filters=filters, index=self.index, embed=self.embed)
+        return search(session, query, k=k, mode=mode, filters=filters, index=self.index, embed=self.embed,
+                      allowed_sets=self.allowed, parallel=self.parallel)
 
 
-def open_searcher(settings, models=None) -> Searcher:
-    """The task models' embedder (loaded unless given) and the live index of its vectors."""
+def open_searcher(settings, models=None, *, fast_path: str = "background") -> Searcher:
+    """The task models' query embedder (loaded unless given) and the live index of its vectors.
+
+    fast_path: "background" (queries use torch until the ONNX encoder is exported, then onnxruntime; an
+    exported file is reused at once), "wait" (export now if needed: a one-off ~2-10 s, then every query is
+    fast), "cached" (the file `kb enrich` exported, else torch; for one-shot processes) or "off" (torch
+    only). See search/query_encoder.py.
+    """
     from kb_pipeline.enrich.shared_pass import load_task_models
     from kb_pipeline.indexing.sync import load_live_index
+    from kb_pipeline.search.query_encoder import query_embedder
 
+    if fast_path not in ("background", "wait", "cached", "off"):
+        raise ValueError(f"fast_path must be 'background', 'wait', 'cached' or 'off', not {fast_path!r}")
     models = models or load_task_models(settings)
-    return Searcher(models.embed, load_live_index(settings, models.embed_key))
+    embed = models.embed
+    if fast_path != "off":
+        embed = query_embedder(settings, models, background=fast_path == "background", build=fast_path != "cached").embed
+    return Searcher(embed, load_live_index(settings, models.embed_key))
 
 
 def describe(session: Session, hits: Sequence[Hit]) -> list[dict]:
@@ -208,28 +279,34 @@ def describe(session: Session, hits: Sequence[Hit]) -> list[dict]:
     if not hits:
         return []
     doc_ids = [h.doc_id for h in hits]
-    docs = {d.id: d for d in session.scalars(select(Document).where(Document.id.in_(doc_ids)))}
-    chunks = dict(session.execute(select(Chunk.id, Chunk.text).where(Chunk.id.in_([h.chunk_id for h in hits]))).all())
-    gold = {g.document_id: g for g in session.scalars(select(GoldLabel).where(GoldLabel.document_id.in_(doc_ids)))}
-    predicted_summary = dict(session.execute(
-        select(PredictedSummary.document_id, PredictedSummary.summary).where(PredictedSummary.document_id.in_(doc_ids))
-    ).all())
+    rows = session.execute(  # one query for every row's document, chunk and summaries
+        select(Chunk.id, Document.id, Document.path, Document.title, Chunk.text, GoldLabel.summary,
+               PredictedSummary.summary)
+        .join(Document, Document.id == Chunk.document_id)
+        .outerjoin(GoldLabel, GoldLabel.document_id == Document.id)
+        .outerjoin(PredictedSummary, PredictedSummary.document_id == Document.id)
+        .where(Chunk.id.in_([h.chunk_id for h in hits]))
+    ).all()
+    found = {(chunk_id, doc_id): rest for chunk_id, doc_id, *rest in rows}
     tags = document_tags(session, doc_ids)
-    return [
-        {
+    out = []
+    for h in hits:
+        row = found.get((h.chunk_id, h.doc_id))
+        if row is None:  # deleted between ranking and now
+            continue
+        path, title, chunk_text, gold_summary, predicted_summary = row
+        out.append({
             "doc_id": h.doc_id,
-            "path": docs[h.doc_id].path,
-            "title": docs[h.doc_id].title,
+            "path": path,
+            "title": title,
             "score": round(h.score, 6),
             "chunk_id": h.chunk_id,
-            "snippet": snippet(chunks.get(h.chunk_id, "")),
-            "summary": (gold[h.doc_id].summary if h.doc_id in gold and gold[h.doc_id].summary else None)
-            or predicted_summary.get(h.doc_id),
+            "snippet": snippet(chunk_text or ""),
+            "summary": gold_summary or predicted_summary,
             "tags": tags.get(h.doc_id, []),
             "ranks": h.ranks,
-        }
-        for h in hits
-    ]
+        })
+    return out
 
 
 def document_tags(session: Session, doc_ids: Sequence[int]) -> dict[int, list[str]]:

@@ -349,3 +349,17 @@ class ApiToken(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     last_used_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class SearchGeneration(Base):
+    """One row (id 1) whose value changes with every committed write that can change what a search may return.
+
+    Database triggers (migration 0007) change it on any insert, update or delete of documents, chunks, ACLs,
+    gold labels and tags, predictions and reviews, so no write path can forget it; searches cache the chunk ids
+    a (groups, filters) pair may see and trust the cache only while the value is the one it was computed at.
+    """
+
+    __tablename__ = "search_generation"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    value: Mapped[int] = mapped_column(BigInteger, default=0)
