@@ -85,8 +85,11 @@ def serve(
     port: int = typer.Option(4200, "--port", help="Port of the local Prefect server started when PREFECT_API_URL is unset."),
     runner: Runner = TaskRunnerOpt,
     dask_address: str | None = DaskAddressOpt,
+    web: bool = typer.Option(False, "--web", help="Also serve the search pages and API (`kb web`) from this process."),
+    web_host: str = typer.Option("127.0.0.1", "--web-host", help="Address the site listens on (with --web)."),
+    web_port: int = typer.Option(8000, "--web-port", min=1, max=65535, help="Port of the site (with --web)."),
 ) -> None:
-    """Serve scheduled ingestion and retraining (Ctrl-C stops the schedules, and the local server)."""
+    """Serve scheduled ingestion and retraining (Ctrl-C stops the schedules, the local server and the site)."""
     from kb_pipeline.ingest.pipeline import check_paths
     from kb_pipeline.store.db import upgrade
 
@@ -104,6 +107,7 @@ def serve(
 
     _check_cron(ingest_cron, "--ingest-cron")
     _check_cron(retrain_cron, "--retrain-cron")
+    site = _start_site(s, web_host, web_port) if web else None
     server = None
     ui = None
     if not os.environ.get("PREFECT_API_URL"):
@@ -129,7 +133,29 @@ def serve(
     finally:
         if server is not None:
             stop_server(server)
+        if site is not None:
+            site[0].should_exit = True
+            site[1].join(30)
     err.print("Stopped.")
+
+
+def _start_site(s, host: str, port: int):
+    """`kb web` in a thread of `kb serve`: scheduled runs happen in their own processes, and the site picks up
+    the adapters and index builds they commit (kb_pipeline/web/engine.py)."""
+    import time
+
+    from kb_pipeline.web.server import serve_in_thread
+
+    err.print("Loading the backbone, the embedder and the index for the site ...", highlight=False)
+    server, thread = serve_in_thread(s, host, port)
+    deadline = time.monotonic() + 60
+    while not server.started and thread.is_alive() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    if not server.started:
+        raise UserError(f"the site could not listen on {host}:{port} (is the port in use?)")
+    shown = f"[{host}]" if ":" in host else host
+    err.print(f"Site: http://{shown}:{port}/ (API reference: /docs)", highlight=False, markup=False)
+    return server, thread
 
 
 def _failed_run(exc: Exception) -> Exception:

@@ -6,9 +6,11 @@ from kb_pipeline.cli import store_commands  # noqa: F401  isort: skip
 from kb_pipeline.cli import train_commands  # noqa: F401  isort: skip
 from kb_pipeline.cli import enrich_commands  # noqa: F401  isort: skip
 from kb_pipeline.cli import search_commands  # noqa: F401  isort: skip
+from kb_pipeline.cli import review_commands  # noqa: F401  isort: skip
 from kb_pipeline.cli import index_commands  # noqa: F401  isort: skip
 from kb_pipeline.cli import users_commands  # noqa: F401  isort: skip
 from kb_pipeline.cli import eval_commands  # noqa: F401  isort: skip
+from kb_pipeline.cli import web_commands  # noqa: F401  isort: skip
 from kb_pipeline.cli.common import app
 
 __all__ = ["app"]

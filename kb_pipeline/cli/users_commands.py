@@ -1,10 +1,11 @@
-"""`kb users` and `kb users add`: users and the groups that unlock restricted documents."""
+"""`kb users`, `kb users add`, `kb users token` / `revoke`: users, the groups that unlock restricted documents,
+and the API tokens the web service checks."""
 
 from __future__ import annotations
 
 import typer
 
-from kb_pipeline.cli.common import JsonOpt, UserError, app, clean, command, emit_json, out, ready_settings
+from kb_pipeline.cli.common import JsonOpt, UserError, app, clean, command, emit_json, err, out, ready_settings
 
 users_app = typer.Typer(help="Users and the groups that grant access to restricted documents.", invoke_without_command=True)
 app.add_typer(users_app, name="users")
@@ -53,3 +54,42 @@ def users_add(
         emit_json({"name": name, "groups": groups_now})
     else:
         out.print(f"{clean(name)}: {clean(', '.join(groups_now)) or '(no groups)'}", markup=False)
+
+
+@users_app.command("token")
+@command
+def users_token(name: str = typer.Argument(...), json_out: bool = JsonOpt) -> None:
+    """Issue an API token for a user (for `Authorization: Bearer` and the web sign-in); it is shown only now."""
+    from kb_pipeline.store.db import session_factory
+    from kb_pipeline.store.tokens import UnknownUser, issue_token
+
+    s = ready_settings()
+    try:
+        with session_factory(s).begin() as session:
+            token = issue_token(session, name)
+    except UnknownUser as exc:
+        raise UserError(str(exc)) from None
+    if json_out:
+        emit_json({"name": name, "token": token})
+    else:
+        out.print(token, markup=False)
+        err.print("Shown once: only its hash is kept. `kb users revoke NAME` ends it.", highlight=False)
+
+
+@users_app.command("revoke")
+@command
+def users_revoke(name: str = typer.Argument(...), json_out: bool = JsonOpt) -> None:
+    """Revoke every API token of a user (their web sessions end too)."""
+    from kb_pipeline.store.db import session_factory
+    from kb_pipeline.store.tokens import UnknownUser, revoke_tokens
+
+    s = ready_settings()
+    try:
+        with session_factory(s).begin() as session:
+            revoked = revoke_tokens(session, name)
+    except UnknownUser as exc:
+        raise UserError(str(exc)) from None
+    if json_out:
+        emit_json({"name": name, "revoked": revoked})
+    else:
+        out.print(f"{clean(name)}: {revoked} token{'s' if revoked != 1 else ''} revoked", markup=False)
