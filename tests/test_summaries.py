@@ -85,12 +85,17 @@ def test_lcs_labels_and_compression_fallback():
     bracketed = candidate_sentences("Name the first trigger (often a deploy or a config change) in the summary.")[0]
     keep = [0.9] * 7 + [0.1] * (len(bracketed.words) - 7)  # "Name the first trigger (often a deploy"
     assert compress(bracketed, keep, 0.5, min_words=3) == "Name the first trigger…"
+    # nor does it end on a dangling "and" or "the" ("SEV1 and SEV2 incident, and…")
+    dangling = candidate_sentences("Any SEV1 and SEV2 incident, and the first trigger, is named first.")[0]
+    keep = [0.9] * 7 + [0.1] * (len(dangling.words) - 7)  # "Any SEV1 and SEV2 incident, and the"
+    assert compress(dangling, keep, 0.5, min_words=3) == "Any SEV1 and SEV2 incident…"
     assert compress(span, high, 0.5, min_words=6) == span.text  # too short to read: the whole sentence
     assert compress(span, [0.1] * len(span.words), 0.5) == span.text
     # one contiguous phrase, never scattered words: a lone dropped word inside a strong run stays
     scattered = [0.9, 0.1, 0.1, 0.9, 0.9, 0.4, 0.9, 0.9, 0.1]  # Yesterday | backup of [volume] 3 failed
     assert compress(span, scattered, 0.5, min_words=4) == "Backup of volume 3 failed…"
-    assert compress(span, scattered, 0.5, min_words=2, max_words=2) == "Backup of…"  # the first best run within the limit
+    # the best 2-word run, "backup of", ends on a dangling "of": too short once trimmed, so the sentence stays whole
+    assert compress(span, scattered, 0.5, min_words=2, max_words=2) == span.text
 
 
 FILLER = ["yesterday", "again", "at", "night", "as", "usual", "sadly", "once", "more", "today"]

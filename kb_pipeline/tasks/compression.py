@@ -84,7 +84,7 @@ def compress(
                 best, best_range = prefix[end] - prefix[start], (start, end)
     if best_range is None or best_range[1] - best_range[0] < min(min_words, n):
         return span.text
-    start, end = _balanced(span.words, *best_range)
+    start, end = _trimmed(span.words, *_balanced(span.words, *best_range))
     if end - start < min(min_words, n):
         return span.text
     words = [w.text for w in span.words[start:end]]
@@ -97,6 +97,22 @@ def compress(
 
 
 _OPEN, _CLOSE = "([{", ")]}"
+# a phrase never ends on these ("incident, and…") nor starts on a conjunction: it would read as a broken sentence
+_DANGLING = frozenset("a an and as at but by for from in of on or the that to which with".split())
+_CONJUNCTIONS = frozenset("and but or".split())
+
+
+def _bare(word) -> str:
+    return word.text.strip(",;:.!?\"'()[]{}").lower()
+
+
+def _trimmed(words, start: int, end: int) -> tuple[int, int]:
+    """Drop a leading conjunction and trailing function words from the phrase [start, end)."""
+    while start < end and _bare(words[start]) in _CONJUNCTIONS:
+        start += 1
+    while end > start and _bare(words[end - 1]) in _DANGLING:
+        end -= 1
+    return start, end
 
 
 def _balanced(words, start: int, end: int) -> tuple[int, int]:
