@@ -109,6 +109,18 @@ def test_a_low_confidence_document_is_abstained_and_near_tags_are_not_applied():
     assert row["abstained"] is True and row["near"] == unsure.near and row["category_margin"] == pytest.approx(0.1)
 
 
+def test_near_is_relative_to_a_low_threshold_and_capped_per_document():
+    """With thresholds near 0.1, an absolute window would call every weak tag "near" and flood the review queue."""
+    torch.manual_seed(0)
+    tags = [f"t{i}" for i in range(6)]
+    heads = ClassifyHeads(4, 2, len(tags))
+    config = ClassifyConfig(["a", "b"], tags, [0.12] * 6, heads.category.config(), heads.tags.config(), near_window=0.15)
+    (labels,) = Classifier(heads.eval(), config).labels(
+        np.array([[0.9, 0.1]]), np.array([[0.05, 0.11, 0.105, 0.1, 0.095, 0.02]])
+    )
+    assert [t for t, *_ in labels.near] == ["t1", "t2", "t3"]  # within 0.03 of 0.12, the 3 closest; 0.05 is not near
+
+
 # ----------------------------------------------------------------------------- whole documents
 
 

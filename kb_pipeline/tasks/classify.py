@@ -37,6 +37,9 @@ from kb_pipeline.tasks.lexical import LexicalModel
 from kb_pipeline.tasks.spec import DocInput, OutputStore, SavedConfig, TaskSpec, TrainConfig
 
 NAME = "classify"
+# a tag is "near" (shown to reviewers, never applied) within near_window and within this share of its threshold
+# under it, and only the MAX_NEAR closest per document: a low threshold must not make every tag "near"
+NEAR_SHARE, MAX_NEAR = 0.25, 3
 MIN_TAG_COUNT = 2  # a tag seen once in training cannot be learnt (the TF-IDF baseline of `kb eval` agrees)
 
 
@@ -240,12 +243,13 @@ class Classifier:
                     continue
                 if gap >= 0:
                     applied.append((tag, score, gap))
-                elif gap >= -config.near_window:
+                elif gap >= -min(config.near_window, NEAR_SHARE * thresholds[j]):  # "just under" is relative
                     near.append((tag, score, gap))
             applied.sort(key=lambda t: -t[1])
             out.append(Labels(
                 config.categories[best], float(cat_p[i, best]), [(t, score) for t, score, _ in applied],
-                margin, bool(cat_p[i, best] < config.abstain_below), sorted(near, key=lambda t: -t[1]),
+                margin, bool(cat_p[i, best] < config.abstain_below),
+                sorted(sorted(near, key=lambda t: -t[2])[:MAX_NEAR], key=lambda t: -t[1]),
                 [gap for *_, gap in applied],
             ))
         return out
