@@ -79,6 +79,18 @@ def _shot(driver, tmp_path: Path, name: str) -> None:
         shutil.copy(path, folder / name)
 
 
+def _navigates(driver, action) -> None:
+    """Do what loads a new page (click, submit) and wait until it has replaced the old one: a click returns
+    before the browser navigates, so reading the page at once may read the old one."""
+    from selenium.webdriver.support import expected_conditions
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    old = driver.find_element("tag name", "html")
+    action()
+    WebDriverWait(driver, 30).until(expected_conditions.staleness_of(old))
+    WebDriverWait(driver, 30).until(lambda d: d.execute_script("return document.readyState") == "complete")
+
+
 def _no_script_ran(driver) -> None:
     from selenium.common.exceptions import NoAlertPresentException
 
@@ -95,22 +107,22 @@ def test_a_reviewer_signs_in_searches_filters_and_accepts_a_tag_from_the_review_
     find = browser.find_element
     browser.get(f"{base}/signin")
     find(By.ID, "token").send_keys(kb.tokens["alice"])
-    find(By.CSS_SELECTOR, "form.stack button").click()
+    _navigates(browser, find(By.CSS_SELECTOR, "form.stack button").click)
     assert find(By.CSS_SELECTOR, ".who").text == "alice"
 
     box = find(By.NAME, "q")
     box.send_keys("zebrafinch salary")
-    box.submit()
+    _navigates(browser, box.submit)
     titles = [e.text for e in browser.find_elements(By.CSS_SELECTOR, ".hit .title")]
     assert "Salary bands" in titles and "Merger plan" not in titles  # alice reads hr, not the board's plan
     assert find(By.CSS_SELECTOR, ".hit mark").text.lower() in {"zebrafinch", "salary"}
     _shot(browser, tmp_path, "web_search.png")
 
     facet = next(e for e in browser.find_elements(By.CSS_SELECTOR, "#facet-tags a.facet") if e.text == "secret-pay")
-    facet.click()
+    _navigates(browser, facet.click)
     assert "tag=secret-pay" in browser.current_url
     assert [e.text for e in browser.find_elements(By.CSS_SELECTOR, ".hit .title")] == ["Salary bands"]
-    find(By.CSS_SELECTOR, ".hit .title").click()
+    _navigates(browser, find(By.CSS_SELECTOR, ".hit .title").click)
     assert find(By.ID, "doc-title").text == "Salary bands"
     assert "secret-pay" in find(By.ID, "tags").text and "front matter" in find(By.ID, "tags").text
 
@@ -118,7 +130,7 @@ def test_a_reviewer_signs_in_searches_filters_and_accepts_a_tag_from_the_review_
     _shot(browser, tmp_path, "web_review.png")
     item = find(By.CSS_SELECTOR, f".queue-item[data-doc='{kb.ids['laptop']}']")
     button = next(b for b in item.find_elements(By.CSS_SELECTOR, ".tag-accept button") if "hardware" in b.text)
-    button.click()
+    _navigates(browser, button.click)
     assert browser.current_url.endswith("/review")
     browser.get(f"{base}/documents/{kb.ids['laptop']}")
     row = find(By.CSS_SELECTOR, "tr[data-tag='hardware']")
