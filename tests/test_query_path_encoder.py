@@ -97,6 +97,19 @@ def test_exported_file_is_reused_and_keyed_by_adapter_weights(adapters, tmp_path
     assert [p.name for p in tmp_path.iterdir()] == [first.path.name]  # no temp files left
 
 
+def test_a_one_shot_process_uses_an_exported_file_but_never_exports(adapters, tmp_path, monkeypatch):
+    """`kb search` (build=False) must not start an export it would not live to finish; `kb enrich` exports."""
+    with single_threaded():
+        monkeypatch.setattr(qe, "export_onnx", lambda *a, **k: pytest.fail("a one-shot process must not export"))
+        cold = qe.QueryEncoder(adapters, "embed", tmp_path, torch_embed(adapters, "embed"), max_length=64, build=False)
+        assert not cold.fast and "kb enrich" in cold.status and list(tmp_path.iterdir()) == []
+        np.testing.assert_allclose(cold.embed(QUERIES), torch_embed(adapters, "embed")(QUERIES), atol=1e-6)
+        monkeypatch.undo()
+        qe.QueryEncoder(adapters, "embed", tmp_path, torch_embed(adapters, "embed"), max_length=64, background=False)
+        warm = qe.QueryEncoder(adapters, "embed", tmp_path, torch_embed(adapters, "embed"), max_length=64, build=False)
+        assert warm.fast
+
+
 def test_without_onnxruntime_queries_use_torch(adapters, tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "onnxruntime", None)  # import fails as if not installed
     calls = []
