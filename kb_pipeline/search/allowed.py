@@ -44,6 +44,13 @@ class Allowed:
     def __len__(self) -> int:
         return len(self.chunk_ids)
 
+    def contains(self, chunk_ids: np.ndarray) -> np.ndarray:
+        """Boolean mask: which of `chunk_ids` are in the set; no SQL."""
+        if not len(self.chunk_ids):
+            return np.zeros(len(chunk_ids), dtype=bool)
+        pos = np.minimum(np.searchsorted(self.chunk_ids, chunk_ids), len(self.chunk_ids) - 1)
+        return self.chunk_ids[pos] == chunk_ids
+
     def owners(self, chunk_ids: np.ndarray) -> np.ndarray:
         """Document id of each of `chunk_ids` (which must be members); no SQL."""
         return self.doc_ids[np.searchsorted(self.chunk_ids, chunk_ids)]

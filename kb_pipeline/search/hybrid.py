@@ -1,6 +1,6 @@
 """Hybrid search: keyword (the database's full-text engine) + dense (FAISS), fused by reciprocal rank.
 
-Filters and access control come first: the SQL that finds keyword hits and the set of chunk ids
+Filters and access control come first: keyword hits (search/keyword.py) and the set of chunk ids
 handed to FAISS (as an IDSelector) both contain only chunks the user may read and that match the
 tag/category filters, so k results come back whenever k allowed documents exist and nothing
 forbidden can be ranked at all. The allowed set is cached per (groups, filters) while the KB's
@@ -10,38 +10,30 @@ A hybrid query encodes its text on a worker thread while the keyword SQL runs.
 
 from __future__ import annotations
 
-import itertools
-import re
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 
 import numpy as np
-from sqlalchemy import Float, Integer, and_, func, or_, select, text
+from sqlalchemy import bindparam, literal, select, union_all
 from sqlalchemy.orm import Session
 
 from kb_pipeline.search.allowed import Allowed, AllowedSets
-from kb_pipeline.store import users
-from kb_pipeline.store.queries import gold_category_condition, gold_tags_by_document
+from kb_pipeline.search.filters import (  # noqa: F401  (Filters & co. are imported from here by callers)
+    Filters,
+    allowed_chunk_ids,
+    allowed_condition,
+    allowed_set,
+    filter_key,
+)
+from kb_pipeline.search.keyword import MAX_QUERY_TERMS, TermCounts, keyword_hits, query_terms  # noqa: F401
 from kb_pipeline.store.schema import Chunk, Document, GoldLabel, GoldTag, PredictedLabel, PredictedSummary, ReviewLabel
 
 RRF_K = 60  # the constant from Cormack et al.; damps the difference between top ranks
 MODES = ("hybrid", "dense", "keyword")
-# Keyword search ORs the query's distinct words, the first MAX_QUERY_TERMS of them: a bound on the SQL,
-# since a 30,000-word tsquery exceeds Postgres's stack depth and takes SQLite seconds. A pasted paragraph
-# still fits; dense search reads the query's first tokens up to the model's limit anyway.
-MAX_QUERY_TERMS = 64
-_WORD = re.compile(r"\w+", re.UNICODE)
 
 
 from kb_pipeline.errors import SearchError  # noqa: E402,F401  (the one error type)
-
-
-@dataclass(frozen=True)
-class Filters:
-    tags: tuple[str, ...] = ()
-    category: str | None = None
-    groups: tuple[str, ...] | None = None  # None: anonymous, sees only documents without an ACL
 
 
 @dataclass
@@ -50,96 +42,6 @@ class Hit:
     chunk_id: int
     score: float
     ranks: dict = field(default_factory=dict)
-
-
-def allowed_condition(filters: Filters):
-    """SQL condition on Document for everything a search may return."""
-    conditions = [Document.status == "active", users.readable_filter(filters.groups)]
-    if filters.category:
-        category = filters.category.lower()
-        predicted = select(PredictedLabel.document_id).where(
-            PredictedLabel.document_id == Document.id,
-            PredictedLabel.kind == "category",
-            PredictedLabel.label == category,
-            PredictedLabel.status == "applied",  # an abstained guess is not the document's category
-        )
-        conditions.append(or_(gold_category_condition(Document.id, category), predicted.exists()))
-    for tag in filters.tags:
-        tag = tag.lower()
-        gold = select(GoldTag.document_id).where(GoldTag.document_id == Document.id, GoldTag.tag == tag)
-        reviewed = select(ReviewLabel.document_id).where(
-            ReviewLabel.document_id == Document.id, ReviewLabel.kind == "tag", ReviewLabel.label == tag
-        )
-        accepted = reviewed.where(ReviewLabel.verdict == "accept")
-        rejected = reviewed.where(ReviewLabel.verdict == "reject")
-        predicted = select(PredictedLabel.document_id).where(
-            PredictedLabel.document_id == Document.id, PredictedLabel.kind == "tag", PredictedLabel.label == tag,
-            PredictedLabel.status == "applied",
-        )
-        conditions.append(or_(gold.exists(), accepted.exists(), and_(predicted.exists(), ~rejected.exists())))
-    return and_(*conditions)
-
-
-def allowed_set(session: Session, filters: Filters) -> Allowed:
-    """Every chunk `filters` allow, with its document (one SQL query, linear in the KB: cached by Searcher)."""
-    query = select(Chunk.id, Chunk.document_id).join(Document, Document.id == Chunk.document_id)
-    rows = session.execute(query.where(allowed_condition(filters)).order_by(Chunk.id)).all()
-    # fromiter over the flattened rows: np.array(rows) walks each Row object (100k rows: 2 s against 11 ms)
-    pairs = np.fromiter(itertools.chain.from_iterable(rows), dtype=np.int64, count=2 * len(rows)).reshape(-1, 2)
-    return Allowed.of(pairs[:, 0], pairs[:, 1])
-
-
-def allowed_chunk_ids(session: Session, filters: Filters) -> np.ndarray:
-    return allowed_set(session, filters).chunk_ids
-
-
-def filter_key(filters: Filters) -> tuple:
-    """What the allowed set depends on, normalised: group order and letter case do not matter."""
-    groups = None if filters.groups is None else tuple(sorted(set(filters.groups)))
-    return (groups, tuple(sorted({t.lower() for t in filters.tags})), (filters.category or "").lower() or None)
-
-
-def query_terms(query: str) -> list[str]:
-    """The query's distinct lower-cased words in order of first appearance, at most MAX_QUERY_TERMS."""
-    terms: dict[str, None] = {}
-    for match in _WORD.finditer(query):
-        terms.setdefault(match.group().lower())
-        if len(terms) == MAX_QUERY_TERMS:
-            break
-    return list(terms)
-
-
-def keyword_hits(session: Session, query: str, filters: Filters, limit: int) -> list[tuple[int, int, float]]:
-    """(chunk id, doc id, score) best first, from SQLite FTS5 (bm25) or Postgres full text (ts_rank_cd)."""
-    words = query_terms(query)
-    if not words:
-        return []
-    if session.get_bind().dialect.name == "sqlite":
-        match = " OR ".join(f'"{w}"' for w in words)
-        fts = text("SELECT rowid AS chunk_id, bm25(chunks_fts) AS rank FROM chunks_fts WHERE chunks_fts MATCH :m")
-        fts = fts.columns(chunk_id=Integer, rank=Float).subquery()
-        score = -fts.c.rank  # bm25(): lower is better
-        rows = session.execute(
-            select(Chunk.id, Chunk.document_id, score)
-            .join(fts, fts.c.chunk_id == Chunk.id)
-            .join(Document, Document.id == Chunk.document_id)
-            .where(allowed_condition(filters))
-            .order_by(score.desc(), Document.path, Chunk.ordinal)  # ties: stable across ingest histories
-            .limit(limit),
-            {"m": match},
-        )
-    else:
-        tsquery = func.to_tsquery("english", " | ".join(f"'{w}'" for w in words))
-        vector = func.to_tsvector("english", Chunk.text)
-        score = func.ts_rank_cd(vector, tsquery)
-        rows = session.execute(
-            select(Chunk.id, Chunk.document_id, score)
-            .join(Document, Document.id == Chunk.document_id)
-            .where(vector.op("@@")(tsquery), allowed_condition(filters))
-            .order_by(score.desc(), Document.path, Chunk.ordinal)  # ties: stable across ingest histories
-            .limit(limit)
-        )
-    return [(int(c), int(d), float(s)) for c, d, s in rows]
 
 
 def dense_hits(index, query_vector: np.ndarray, allowed: Allowed, limit: int) -> list[tuple[int, int, float]]:
@@ -192,13 +94,16 @@ def fuse(ranked_lists: dict[str, list[tuple[int, int, float]]], k: int) -> list[
 def search(
     session: Session, query: str, *, k: int = 10, mode: str = "hybrid", filters: Filters = Filters(),
     index=None, embed=None, allowed_sets: AllowedSets | None = None, parallel: bool = True,
+    term_counts: TermCounts | None = None,
 ) -> list[dict]:
     """Top-k documents for `query`; `embed(texts) -> (N, dim)` and `index` are needed for dense modes.
 
-    `allowed_sets` (a Searcher's) caches the allowed chunk set between queries; without it each dense query
-    lists the set with SQL. With `parallel`, the query is encoded on a worker thread while the session looks up
-    the set and runs the keyword SQL (sessions never leave the calling thread); that pays when a core is idle,
-    and costs GIL hand-offs when every core is busy (benchmarks/query_path.py measures both).
+    `allowed_sets` (a Searcher's) caches the allowed chunk set between queries, which keyword search then filters
+    its rows with; without it each dense query lists the set with SQL and keyword search joins the filter SQL.
+    `term_counts` caches the word counts keyword search uses to skip near-universal words. With `parallel`, the
+    query is encoded on a worker thread while the session looks up the set and runs the keyword SQL (sessions
+    never leave the calling thread); that pays when a core is idle, and costs GIL hand-offs when every core is
+    busy (benchmarks/query_path.py measures both).
     """
     if mode not in MODES:
         raise SearchError(f"unknown mode {mode!r}; expected one of {', '.join(MODES)}")
@@ -211,13 +116,13 @@ def search(
         # dense alone has nothing to overlap but a cache lookup: only hybrid hands the encoding to a thread
         encoded = _pool().submit(embed, [query]) if parallel and mode == "hybrid" else _done(embed, [query])
     try:
-        if encoded is not None:
-            if allowed_sets is not None:
-                allowed = allowed_sets.get(session, filters, filter_key(filters))
-            else:
-                allowed = allowed_set(session, filters)
+        allowed = None
+        if allowed_sets is not None:
+            allowed = allowed_sets.get(session, filters, filter_key(filters))
+        elif encoded is not None:
+            allowed = allowed_set(session, filters)
         if mode in ("hybrid", "keyword"):
-            lists["keyword"] = keyword_hits(session, query, filters, depth)
+            lists["keyword"] = keyword_hits(session, query, filters, depth, allowed=allowed, counts=term_counts)
     except BaseException:
         if encoded is not None:
             wait([encoded])  # the worker is done before the error reaches the caller
@@ -246,11 +151,12 @@ class Searcher:
     index: object | None = None
     allowed: AllowedSets = field(default_factory=lambda: AllowedSets(allowed_set), repr=False)
     parallel: bool = True  # encode the query on a worker thread while the keyword SQL runs
+    terms: TermCounts = field(default_factory=TermCounts, repr=False)
 
     def search(self, session: Session, query: str, *, k: int = 10, mode: str = "hybrid",
                filters: Filters = Filters()) -> list[dict]:
         return search(session, query, k=k, mode=mode, filters=filters, index=self.index, embed=self.embed,
-                      allowed_sets=self.allowed, parallel=self.parallel)
+                      allowed_sets=self.allowed, parallel=self.parallel, term_counts=self.terms)
 
 
 def open_searcher(settings, models=None, *, fast_path: str = "background") -> Searcher:
@@ -274,21 +180,33 @@ def open_searcher(settings, models=None, *, fast_path: str = "background") -> Se
     return Searcher(embed, load_live_index(settings, models.embed_key))
 
 
+# Built once: a search describes its results with these two statements, and building a select() per query
+# cost more than running it (~1.5 ms of a 6 ms describe here).
+_RESULT_ROWS = (
+    select(Chunk.id, Document.id, Document.path, Document.title, Chunk.text, GoldLabel.summary, PredictedSummary.summary)
+    .join(Document, Document.id == Chunk.document_id)
+    .outerjoin(GoldLabel, GoldLabel.document_id == Document.id)
+    .outerjoin(PredictedSummary, PredictedSummary.document_id == Document.id)
+    .where(Chunk.id.in_(bindparam("chunk_ids", expanding=True)))
+)
+_DOC_IDS = bindparam("doc_ids", expanding=True)
+_TAG_ROWS = union_all(  # (document, origin, tag, score): front matter, review verdicts, applied predictions
+    select(GoldTag.document_id, literal("front"), GoldTag.tag, literal(0.0)).where(GoldTag.document_id.in_(_DOC_IDS)),
+    select(ReviewLabel.document_id, ReviewLabel.verdict, ReviewLabel.label, literal(0.0))
+    .where(ReviewLabel.document_id.in_(_DOC_IDS), ReviewLabel.kind == "tag"),
+    select(PredictedLabel.document_id, literal("predicted"), PredictedLabel.label, PredictedLabel.score)
+    .where(PredictedLabel.document_id.in_(_DOC_IDS), PredictedLabel.kind == "tag", PredictedLabel.status == "applied"),
+)
+
+
 def describe(session: Session, hits: Sequence[Hit]) -> list[dict]:
     """Result rows: doc id, absolute path, title, score, matching chunk snippet, summary and tags."""
     if not hits:
         return []
-    doc_ids = [h.doc_id for h in hits]
-    rows = session.execute(  # one query for every row's document, chunk and summaries
-        select(Chunk.id, Document.id, Document.path, Document.title, Chunk.text, GoldLabel.summary,
-               PredictedSummary.summary)
-        .join(Document, Document.id == Chunk.document_id)
-        .outerjoin(GoldLabel, GoldLabel.document_id == Document.id)
-        .outerjoin(PredictedSummary, PredictedSummary.document_id == Document.id)
-        .where(Chunk.id.in_([h.chunk_id for h in hits]))
-    ).all()
+    connection = session.connection()  # Core, not the ORM: these rows are tuples, and the ORM layer costs ~1 ms
+    rows = connection.execute(_RESULT_ROWS, {"chunk_ids": [h.chunk_id for h in hits]}).all()
     found = {(chunk_id, doc_id): rest for chunk_id, doc_id, *rest in rows}
-    tags = document_tags(session, doc_ids)
+    tags = document_tags(session, [h.doc_id for h in hits])
     out = []
     for h in hits:
         row = found.get((h.chunk_id, h.doc_id))
@@ -310,18 +228,24 @@ def describe(session: Session, hits: Sequence[Hit]) -> list[dict]:
 
 
 def document_tags(session: Session, doc_ids: Sequence[int]) -> dict[int, list[str]]:
-    """Gold tags where a person gave them, else the model's applied tags that no reviewer rejected."""
-    out = gold_tags_by_document(session, doc_ids)
-    predicted = select(PredictedLabel.document_id, PredictedLabel.label).where(
-        PredictedLabel.document_id.in_(doc_ids), PredictedLabel.kind == "tag", PredictedLabel.status == "applied"
-    ).order_by(PredictedLabel.score.desc())
-    rejected = {tuple(row) for row in session.execute(select(ReviewLabel.document_id, ReviewLabel.label).where(
-        ReviewLabel.document_id.in_(doc_ids), ReviewLabel.kind == "tag", ReviewLabel.verdict == "reject"
-    ))}
-    gold_tagged = set(out)
-    for doc_id, tag in session.execute(predicted):
-        if doc_id not in gold_tagged and (doc_id, tag) not in rejected:
-            out.setdefault(doc_id, []).append(tag)
+    """Gold tags where a person gave them (front matter plus accepted reviews, alphabetical; the rule of
+    store.queries.gold_tags_by_document), else the model's applied tags no reviewer rejected, best first."""
+    gold: dict[int, set[str]] = {}
+    rejected: set[tuple[int, str]] = set()
+    predicted: dict[int, list[tuple[float, str]]] = {}
+    for doc_id, origin, tag, score in session.connection().execute(_TAG_ROWS, {"doc_ids": list(doc_ids)}):
+        if origin in ("front", "accept"):
+            gold.setdefault(doc_id, set()).add(tag)
+        elif origin == "reject":
+            rejected.add((doc_id, tag))
+        elif origin == "predicted":
+            predicted.setdefault(doc_id, []).append((-score, tag))
+    out = {doc_id: sorted(tags) for doc_id, tags in gold.items()}
+    for doc_id, scored in predicted.items():
+        if doc_id not in out:
+            tags = [tag for _, tag in sorted(scored) if (doc_id, tag) not in rejected]
+            if tags:
+                out[doc_id] = tags
     return out
 
 
