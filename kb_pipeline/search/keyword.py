@@ -21,7 +21,7 @@ import re
 import threading
 
 import numpy as np
-from sqlalchemy import Float, Integer, func, select, text
+from sqlalchemy import Float, Integer, bindparam, func, select, text
 from sqlalchemy.orm import Session
 
 from kb_pipeline.search.allowed import Allowed, generation
@@ -39,6 +39,12 @@ _FTS_RANKED = text(
     "SELECT rowid, bm25(chunks_fts) AS rank FROM chunks_fts WHERE chunks_fts MATCH :m ORDER BY rank LIMIT :n"
 )
 _FTS_COUNT = text("SELECT count(*) FROM chunks_fts WHERE chunks_fts MATCH :m")
+_CHUNK_COUNT = select(func.count()).select_from(Chunk)
+_PLACES = (  # where tied rows sit: their document's path and their order in it
+    select(Chunk.id, Document.path, Chunk.ordinal)
+    .join(Document, Document.id == Chunk.document_id)
+    .where(Chunk.id.in_(bindparam("ids", expanding=True)))
+)
 
 
 def query_terms(query: str) -> list[str]:
@@ -80,9 +86,10 @@ class TermCounts:
         """(row count per word, number of chunks), counted now where not cached for this generation."""
         current = generation(session)  # read first: counts taken after it are at least this new
         counts, total = self._snapshot(current)
-        fresh = {w: int(session.scalar(_FTS_COUNT, {"m": _match([w])})) for w in words if w not in counts}
+        connection = session.connection()  # Core: the ORM layer would cost more than these lookups
+        fresh = {w: int(connection.execute(_FTS_COUNT, {"m": _match([w])}).scalar()) for w in words if w not in counts}
         if total is None:
-            total = int(session.scalar(select(func.count()).select_from(Chunk)))
+            total = int(connection.execute(_CHUNK_COUNT).scalar())
         if current is not None:
             with self._lock:
                 if current == self._generation:
@@ -125,7 +132,7 @@ def _sqlite_hits(session, words, filters, limit, allowed, total) -> list[tuple[i
         return []
     fetch = max(2 * limit, int(2 * limit * total / len(allowed)))  # expect limit allowed rows in the first fetch
     while True:
-        rows = session.execute(_FTS_RANKED, {"m": _match(words), "n": fetch}).all()
+        rows = session.connection().execute(_FTS_RANKED, {"m": _match(words), "n": fetch}).all()
         ids = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
         scores = -np.fromiter((r[1] for r in rows), dtype=np.float64, count=len(rows))  # bm25(): lower is better
         member = allowed.contains(ids)
@@ -141,10 +148,7 @@ def _sqlite_hits(session, words, filters, limit, allowed, total) -> list[tuple[i
     owners = allowed.owners(kept)
     hits = [(int(c), int(d), float(s)) for c, d, s in zip(kept, owners, kept_scores)]
     if len(set(kept_scores.tolist())) < len(kept_scores):  # ties: the same order the SQL path gives
-        place = {c: (path, ordinal) for c, path, ordinal in session.execute(
-            select(Chunk.id, Document.path, Chunk.ordinal)
-            .join(Document, Document.id == Chunk.document_id).where(Chunk.id.in_(kept.tolist()))
-        )}
+        place = {c: (path, ordinal) for c, path, ordinal in session.connection().execute(_PLACES, {"ids": kept.tolist()})}
         hits.sort(key=lambda h: (-h[2], *place.get(h[0], ("", 0))))
     return hits[:limit]
 
