@@ -181,7 +181,7 @@ def run_classify(method: str, s: dict, gate: Gate | None = None) -> dict:
     )  # grad_clip, warmup_ratio, weight_decay: the library's defaults
 
     backbone = load_backbone("minilm")
-    adapters = AdapterSet(backbone)
+    adapters = AdapterSet(backbone, trunk_dtype=torch.bfloat16)  # as the training service builds it
     method_params: list = []
     adapter_config = None
     if method == "full":
@@ -303,7 +303,7 @@ def run_embed(s: dict) -> dict:
 
     train, val, test = pairs(split.train, "train"), pairs(split.val, "val"), pairs(split.test, "test")
     backbone = load_backbone("minilm")
-    adapters = AdapterSet(backbone)
+    adapters = AdapterSet(backbone, trunk_dtype=torch.bfloat16)  # as the training service builds it
     config = AdapterConfig(kind=s["embed_kind"], layers=s["layers"])
     cfg = TrainConfig(
         epochs=s["embed_epochs"], batch_size=s["embed_batch_size"], lr=s["embed_lr"], seed=s["seed"],

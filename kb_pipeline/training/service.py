@@ -15,6 +15,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+import torch
+
 from kb_pipeline.backbone.adapter_files import save_adapter
 from kb_pipeline.backbone.adapters import AdapterConfig, AdapterSet
 from kb_pipeline.backbone.loading import Backbone, load_backbone
@@ -93,7 +95,7 @@ def train_tasks(
     if ready:
         remove_unreferenced_folders(settings)
         backbone = backbone or load_backbone(settings.backbone, settings.models_dir)
-        adapters = AdapterSet(backbone)
+        adapters = AdapterSet(backbone, trunk_dtype=torch.bfloat16)  # cached trunk rows at half the memory
         try:
             for task, split in ready.items():
                 spec = specs[task]

@@ -36,7 +36,10 @@ class AdapterSet:
     A backbone carries at most one live set: creating another closes the previous one.
     """
 
-    def __init__(self, backbone: Backbone):
+    def __init__(self, backbone: Backbone, trunk_dtype: torch.dtype | None = None):
+        """`trunk_dtype`: how cached trunk rows are stored; None keeps them exact (float32), which inference
+        needs (a query embedded through torch must match the stored chunk vectors); training passes bfloat16,
+        half the memory, and its outputs agree at cosine >= 0.99999 (tests/test_trunk.py)."""
         previous = backbone.adapter_set
         if isinstance(previous, AdapterSet):
             previous.close()
@@ -47,7 +50,7 @@ class AdapterSet:
         self._bottleneck = BottleneckAdapters(backbone, self._switch)
         self._training = False
         self._closed = False
-        self.trunk = TrunkCache()  # frozen lower-layer outputs, shared by every task adapted above them
+        self.trunk = TrunkCache(dtype=trunk_dtype)  # frozen lower-layer outputs, shared by every task adapted above them
         backbone.attach_adapter_set(self)
 
     def __repr__(self) -> str:
