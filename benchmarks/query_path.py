@@ -3,7 +3,8 @@
     python benchmarks/query_path.py                          # 1,000 BBC articles, 200 queries, then 100k chunks
     python benchmarks/query_path.py --docs 300 --queries 100 --sizes 20000     # a quick look
     python benchmarks/query_path.py --part compare           # only the LlamaIndex comparison
-    python benchmarks/query_path.py --part scale --sizes 100000 1000000 --hnsw
+    python benchmarks/query_path.py --part scale --sizes 100000 1000000 --index flat ivf --nprobe 16 32 64 \
+        --hybrid-queries 20 --profile 20
 
 Part 1 (compare). A stratified sample of --docs BBC articles (benchmarks/bbc_data.py), each one Markdown file whose
 title is a neutral id and whose body is the article body; the query is the headline, the relevant document its
@@ -25,7 +26,10 @@ vector is normalise(a * seed_i + (1 - a) * seed_j + noise), a ~ U(0.6, 1), noise
 per-dimension spread: mixtures and perturbations of real vectors, which keep the clustered, anisotropic shape
 HNSW recall depends on (uniform noise would not). Queries are real MiniLM encodings of BBC headlines. Reported:
 end-to-end `Searcher.search` p50/p95 (dense and hybrid, k=10) for anonymous, a one-group user and a tag filter,
-the first (cache-filling) query's time, and, with --hnsw, the HNSW index's recall@10 against flat and its build time.
+the first (cache-filling) query's time, and for each --index kind (flat always; hnsw, ivf) its build time and
+recall@10 against flat (dense, same filter); IVF once per --nprobe (one build, the search parameter changed).
+--profile N splits N dense queries per row into encoding, allowed-set lookup, FAISS and result SQL; --hybrid-queries
+N times fewer hybrid queries (the keyword SQL takes seconds at 1M).
 """
 
 from __future__ import annotations
@@ -279,8 +283,67 @@ def synthetic_kb(work: Path, n_chunks: int, texts: list[str], main: np.ndarray, 
     return settings, chunk_ids
 
 
-def scale(args, work: Path, material) -> list[dict]:
+def index_variants(args, chunk_ids: np.ndarray, vectors: np.ndarray):
+    """Yield (kind, params label, index, build seconds) per --index kind; flat first (the recall reference)."""
+    from dataclasses import replace
+
     from kb_pipeline.indexing.vector_index import IndexConfig, VectorIndex
+
+    kinds = list(dict.fromkeys(["flat", *args.index, *(["hnsw"] if args.hnsw else [])]))
+    config = IndexConfig(hnsw_m=args.hnsw_m, hnsw_ef_construction=args.hnsw_ef_construction,
+                         hnsw_ef_search=args.hnsw_ef_search, ivf_nprobe=args.nprobe[0])
+    for kind in kinds:
+        t0 = time.perf_counter()
+        index = VectorIndex.build(chunk_ids, vectors, replace(config, kind=kind))
+        build_s = time.perf_counter() - t0
+        log(f"{len(chunk_ids)}: {kind} built in {build_s:.0f}s")
+        if kind == "hnsw":
+            yield kind, f"M={config.hnsw_m} efC={config.hnsw_ef_construction} ef={config.hnsw_ef_search}", index, build_s
+        elif kind == "ivf":
+            for nprobe in args.nprobe:
+                index.config = replace(index.config, ivf_nprobe=nprobe)
+                yield kind, f"nlist={index._inner.nlist} nprobe={nprobe}", index, build_s
+        else:
+            yield kind, "", index, build_s
+        del index
+
+
+def dense_breakdown(searcher, session, queries: list[str], flt) -> dict:
+    """Mean ms per part of a dense `Searcher.search` over `queries`: query encoding, allowed-set lookup, FAISS
+    (`VectorIndex.search`), result description (SQL), and the rest; parts are timed by wrapping them in place."""
+    from kb_pipeline.search import hybrid
+
+    spent = {"encode": 0.0, "allowed set": 0.0, "index.search": 0.0, "describe": 0.0}
+
+    def timed(part, fn):
+        def wrapper(*a, **kw):
+            t0 = time.perf_counter()
+            try:
+                return fn(*a, **kw)
+            finally:
+                spent[part] += time.perf_counter() - t0
+        return wrapper
+
+    saved = (searcher.embed, searcher.index.search, searcher.allowed.get, hybrid.describe)
+    searcher.embed = timed("encode", saved[0])
+    searcher.index.search = timed("index.search", saved[1])
+    searcher.allowed.get = timed("allowed set", saved[2])
+    hybrid.describe = timed("describe", saved[3])
+    try:
+        t0 = time.perf_counter()
+        for q in queries:
+            searcher.search(session, q, k=K, mode="dense", filters=flt)
+        total = time.perf_counter() - t0
+    finally:
+        searcher.embed = saved[0]
+        del searcher.index.search, searcher.allowed.get
+        hybrid.describe = saved[3]
+    out = {part: round(1000 * t / len(queries), 2) for part, t in spent.items()}
+    return out | {"other": round(1000 * (total - sum(spent.values())) / len(queries), 2),
+                  "total": round(1000 * total / len(queries), 2)}
+
+
+def scale(args, work: Path, material) -> list[dict]:
     from kb_pipeline.search.hybrid import Filters, Searcher
     from kb_pipeline.store.db import session_factory
 
@@ -295,37 +358,33 @@ def scale(args, work: Path, material) -> list[dict]:
         t0 = time.perf_counter()
         settings, chunk_ids = synthetic_kb(work, n, texts, main, rng)
         log(f"{n} chunks: KB written in {time.perf_counter() - t0:.0f}s")
-        t0 = time.perf_counter()
-        flat = VectorIndex.build(chunk_ids, vectors, IndexConfig(kind="flat"))
-        flat_s = time.perf_counter() - t0
-        indexes = {"flat": (flat, flat_s)}
-        if args.hnsw:
-            t0 = time.perf_counter()
-            indexes["hnsw"] = (VectorIndex.build(chunk_ids, vectors, IndexConfig(kind="hnsw")), time.perf_counter() - t0)
-            log(f"{n}: HNSW built in {indexes['hnsw'][1]:.0f}s")
-        del vectors
         filters = {"anonymous": Filters(), "one group": Filters(groups=("g1",)),
                    "tag filter": Filters(tags=("flagged",), groups=("g1",))}
         exact = {}
-        for kind, (index, build_s) in indexes.items():
+        for kind, params, index, build_s in index_variants(args, chunk_ids, vectors):
             searcher = Searcher(fast.embed, index)
             for fname, flt in filters.items():
                 recalls = []
                 with session_factory(settings)() as session:
                     for mode in ("dense", "hybrid"):
+                        count = args.queries if mode == "dense" else (args.hybrid_queries or args.queries)
+                        warm = 5 if mode == "dense" or not args.hybrid_queries else 2
                         t0 = time.perf_counter()
                         searcher.search(session, headlines[0], k=K, mode=mode, filters=flt)
                         first_ms = (time.perf_counter() - t0) * 1000
-                        for q in headlines[1:6]:
+                        for q in headlines[1: 1 + warm]:
                             searcher.search(session, q, k=K, mode=mode, filters=flt)
                         ms = []
-                        for q in headlines[6: 6 + args.queries]:
+                        for q in headlines[6: 6 + count]:
                             t0 = time.perf_counter()
                             searcher.search(session, q, k=K, mode=mode, filters=flt)
                             ms.append((time.perf_counter() - t0) * 1000)
-                        row = {"chunks": n, "index": kind, "build_s": round(build_s, 1), "filter": fname, "mode": mode,
+                        row = {"chunks": n, "index": kind, "params": params, "build_s": round(build_s, 1),
+                               "filter": fname, "mode": mode, "queries": len(ms),
                                "first_ms": round(first_ms, 1), "p50_ms": round(pct(ms, 50), 2),
                                "p95_ms": round(pct(ms, 95), 2)}
+                        if mode == "dense" and args.profile:
+                            row["dense_ms_by_part"] = dense_breakdown(searcher, session, headlines[6: 6 + args.profile], flt)
                         if mode == "dense":
                             allowed = searcher.allowed.get(session, flt, _key(flt)).chunk_ids
                             found = index.search(query_vectors[6: 6 + args.queries], K, allowed)[1]
@@ -336,6 +395,8 @@ def scale(args, work: Path, material) -> list[dict]:
                             row["recall@10_vs_flat"] = round(float(np.mean(recalls)), 3)
                         rows.append(row)
                         log(f"  {row}")
+            del searcher
+        del vectors
         shutil.rmtree(settings.home, ignore_errors=True)
     return rows
 
@@ -363,11 +424,17 @@ def print_report(report: dict) -> None:
         for name, value in c["ratios"].items():
             print(f"  {name}: {value:.3f}")
     if report.get("scale"):
-        print(f"\n{'chunks':>8} {'index':>5} {'build_s':>7} {'filter':>10} {'mode':>6} {'first_ms':>8} {'p50_ms':>7} "
-              f"{'p95_ms':>7} {'recall@10':>9}")
+        print(f"\n{'chunks':>8} {'index':>5} {'params':>22} {'build_s':>7} {'filter':>10} {'mode':>6} {'first_ms':>8} "
+              f"{'p50_ms':>7} {'p95_ms':>7} {'recall@10':>9}")
         for r in report["scale"]:
-            print(f"{r['chunks']:>8} {r['index']:>5} {r['build_s']:>7} {r['filter']:>10} {r['mode']:>6} "
+            print(f"{r['chunks']:>8} {r['index']:>5} {r.get('params', ''):>22} {r['build_s']:>7} {r['filter']:>10} {r['mode']:>6} "
                   f"{r['first_ms']:>8} {r['p50_ms']:>7} {r['p95_ms']:>7} {r.get('recall@10_vs_flat', ''):>9}")
+        parts = [r for r in report["scale"] if "dense_ms_by_part" in r]
+        if parts:
+            print("\ndense query, mean ms by part (--profile queries):")
+            for r in parts:
+                print(f"{r['chunks']:>8} {r['index']:>5} {r['params']:>22} {r['filter']:>10}  "
+                      + "  ".join(f"{k} {v}" for k, v in r["dense_ms_by_part"].items()))
 
 
 def main() -> None:
@@ -378,7 +445,17 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=10)
     parser.add_argument("--sizes", type=int, nargs="+", default=[100_000])
     parser.add_argument("--sample", type=int, default=0, help="seed vectors for part 2 (0: every part-1 chunk)")
-    parser.add_argument("--hnsw", action="store_true", help="part 2: also build HNSW (minutes at 100k) for recall")
+    parser.add_argument("--hnsw", action="store_true", help="part 2: also build HNSW (same as --index hnsw)")
+    parser.add_argument("--index", nargs="+", choices=["flat", "hnsw", "ivf"], default=["flat"],
+                        help="part 2: index kinds to build and time (flat is always built: the recall reference)")
+    parser.add_argument("--hnsw-m", type=int, default=32)
+    parser.add_argument("--hnsw-ef-construction", type=int, default=200)
+    parser.add_argument("--hnsw-ef-search", type=int, default=128)
+    parser.add_argument("--nprobe", type=int, nargs="+", default=[32], help="part 2: IVF cells scanned per query")
+    parser.add_argument("--hybrid-queries", type=int, default=0, metavar="N",
+                        help="part 2: time only N hybrid queries (0: --queries); the keyword SQL is slow at 1M")
+    parser.add_argument("--profile", type=int, default=0, metavar="N",
+                        help="part 2: also time N dense queries per filter and index by part (encode, FAISS, SQL)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", type=Path, help="also write the report here")

@@ -23,7 +23,7 @@ from typer.testing import CliRunner
 from kb_pipeline.enrich.shared_pass import enrich, load_task_models
 from kb_pipeline.indexing import sync, vector_index
 from kb_pipeline.indexing.errors import IndexWriteError
-from kb_pipeline.indexing.vector_index import VectorIndex
+from kb_pipeline.indexing.vector_index import IndexConfig, VectorIndex
 from kb_pipeline.ingest.pipeline import ingest
 from kb_pipeline.store import index_builds, outputs
 from kb_pipeline.store.db import alembic_config, dispose_engines, get_engine, session_factory, upgrade
@@ -134,6 +134,24 @@ def test_a_changed_vector_under_the_same_id_is_reported_and_replaced(settings, t
     index = assert_index_holds_the_stored_vectors(settings, models.embed_key)
     np.testing.assert_array_equal(index.vectors([victim])[0], replacement)
     assert sync.sync_index(settings, models.embed_key)["action"] == "unchanged"
+
+
+def test_an_ivf_index_is_saved_checked_and_repaired_like_a_flat_one(settings, tmp_path, backbone):
+    ingest(settings, [four_docs(tmp_path / "c")])
+    models = load_task_models(settings, backbone)
+    enrich(settings, models=models)
+    config = IndexConfig(kind="ivf", ivf_min_points=1)  # a few cells even for this tiny KB
+    assert sync.sync_index(settings, models.embed_key, rebuild=True, config=config)["kind"] == "ivf"
+    ids, vectors = stored(settings, models.embed_key)
+    victim = int(ids[2])
+    replacement = np.roll(vectors[2], 3).astype("<f4")
+    with settings_session(settings) as s, s.begin():
+        s.execute(update(ChunkEmbedding).where(ChunkEmbedding.chunk_id == victim).values(vector=replacement.tobytes()))
+    sync._LOADED.clear()  # read the IVF file back, as another process would
+    report = sync.sync_index(settings, models.embed_key)
+    assert (report["action"], report["kind"], report["stale"]) == ("repaired", "ivf", 1)
+    index = assert_index_holds_the_stored_vectors(settings, models.embed_key)  # check_index re-reads the file
+    assert index.kind == "ivf" and index.search(replacement, 1)[1][0, 0] == victim
 
 
 def test_an_index_file_replaced_behind_the_kbs_back_is_detected_and_rebuilt(settings, tmp_path, backbone):

@@ -29,15 +29,20 @@ def frozen(a: np.ndarray) -> np.ndarray:
     return a
 
 
-def test_a_small_cached_allowed_set_on_hnsw_is_searched_exactly(monkeypatch):
+APPROXIMATE = {"hnsw": IndexConfig(kind="hnsw", hnsw_m=8, hnsw_ef_construction=20, hnsw_ef_search=10),
+               "ivf": IndexConfig(kind="ivf", ivf_nprobe=1)}
+
+
+@pytest.mark.parametrize("kind", APPROXIMATE)
+def test_a_small_cached_allowed_set_on_an_approximate_index_is_searched_exactly(monkeypatch, kind):
     ids, vecs = data(25_000)
-    index = VectorIndex.build(ids, vecs, IndexConfig(kind="hnsw", hnsw_m=8, hnsw_ef_construction=20, hnsw_ef_search=10))
+    index = VectorIndex.build(ids, vecs, APPROXIMATE[kind])
     rng = np.random.default_rng(1)
     pick = np.sort(rng.choice(len(ids), 1100, replace=False))  # 4.4% of the index, above EXACT_MAX_IDS
     queries = vecs[rng.integers(len(ids), size=30)] + 0.1
     queries /= np.linalg.norm(queries, axis=1, keepdims=True)
     want = exact_top(ids[pick], vecs[pick], queries, 10)
-    monkeypatch.setattr(VectorIndex, "_search", lambda *a: pytest.fail("HNSW was searched"))
+    monkeypatch.setattr(VectorIndex, "_search", lambda *a: pytest.fail("FAISS was searched"))
     _, found = index.search(queries, 10, frozen(ids[pick]))
     assert np.array_equal(found, want)  # one matmul over the remembered vectors: recall 1.0
 

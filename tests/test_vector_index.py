@@ -23,13 +23,15 @@ from kb_pipeline.indexing.locking import index_lock
 from kb_pipeline.indexing.vector_index import IndexConfig, IndexCorrupt, VectorIndex, diff_ids
 
 DIM = 16
-# Small graphs build fast; the search-time ef is what matters for these tests.
+# Small graphs build fast; the search-time ef is what matters for these tests. IVF: ~sqrt(n) cells even for tiny
+# indexes (ivf_min_points=1), so the tests exercise cells that a query does not scan.
 FAST_HNSW = dict(hnsw_m=16, hnsw_ef_construction=40, hnsw_ef_search=64)
-KINDS = ["flat", "hnsw"]
+FAST_IVF = dict(ivf_min_points=1, ivf_nlist_factor=1.0, ivf_nprobe=24)
+KINDS = ["flat", "hnsw", "ivf"]
 
 
 def config(kind: str, **kw) -> IndexConfig:
-    return IndexConfig(kind=kind, **{**FAST_HNSW, **kw})
+    return IndexConfig(kind=kind, **{**FAST_HNSW, **FAST_IVF, **kw})
 
 
 def unit(rng: np.random.Generator, n: int, dim: int = DIM) -> np.ndarray:
@@ -88,6 +90,75 @@ def test_hnsw_compacts_tombstones_and_auto_grows_into_hnsw():
     assert VectorIndex.empty(DIM, config("auto", hnsw_threshold=100), expected_size=500).kind == "hnsw"
 
 
+def test_ivf_adds_incrementally_compacts_and_retrains_when_outgrown():
+    ids, vecs = dataset(20, 1200)
+    index = VectorIndex.build(ids[:400], vecs[:400], config("ivf"))  # 20 cells trained on 400 vectors
+    centroids = index._inner.quantizer.reconstruct_n(0, index._inner.nlist)
+    index.add(ids[400:800], vecs[400:800])  # appended to the trained cells: nothing retrained
+    assert index._inner.nlist == 20 and np.array_equal(index._inner.quantizer.reconstruct_n(0, 20), centroids)
+    assert np.array_equal(index.ids(), np.sort(ids[:800]))
+    _, found = index.search(vecs[400:410], 1)
+    assert np.array_equal(found[:, 0], ids[400:410])
+    np.testing.assert_array_equal(index.vectors(ids[500:503]), vecs[500:503])  # exact vectors kept
+
+    index.remove(ids[:150])  # 19% tombstoned: kept, hidden from every search
+    assert index._index.ntotal == 800 and len(index) == 650
+    assert not np.isin(index.search(vecs[:150], 5)[1], ids[:150]).any()
+    index.remove(ids[150:250])  # 31%: rebuilt without them
+    assert index._index.ntotal == 550 and np.array_equal(index.ids(), np.sort(ids[250:800]))
+
+    grown = VectorIndex.build(ids[:30], vecs[:30], config("ivf"))
+    small_nlist = grown._inner.nlist
+    grown.add(ids[30:], vecs[30:])  # 40x the training size: cells retrained for the new size
+    assert small_nlist == 5 and grown._inner.nlist == 35 and len(grown) == 1200
+    assert np.array_equal(grown.search(vecs[:20], 1)[1][:, 0], ids[:20])
+
+
+def test_an_empty_ivf_index_trains_on_its_first_add_even_after_save_and_load(tmp_path):
+    ids, vecs = dataset(21, 200)
+    empty = VectorIndex.empty(DIM, config("ivf"))
+    assert empty.kind == "ivf" and len(empty) == 0
+    assert (empty.search(vecs[:2], 3)[1] == -1).all()
+    empty.save(tmp_path / "chunks.faiss", {})
+    loaded, _ = VectorIndex.load(tmp_path / "chunks.faiss")
+    loaded.add(ids, vecs)
+    assert loaded.kind == "ivf" and loaded._inner.nlist == 14 and len(loaded) == 200
+    assert np.array_equal(loaded.search(vecs[:10], 1)[1][:, 0], ids[:10])
+
+
+def test_auto_chooses_flat_then_hnsw_then_ivf_by_size():
+    ids, vecs = dataset(22, 400)
+    auto = config("auto", hnsw_threshold=100, ivf_threshold=300)
+    assert [VectorIndex.build(ids[:n], vecs[:n], auto).kind for n in (99, 100, 299, 300)] == ["flat", "hnsw", "hnsw", "ivf"]
+    assert [VectorIndex.empty(DIM, auto, expected_size=n).kind for n in (0, 150, 1000)] == ["flat", "hnsw", "ivf"]
+    growing = VectorIndex.empty(DIM, auto)
+    kinds = []
+    for start in range(0, 400, 50):
+        growing.add(ids[start:start + 50], vecs[start:start + 50])
+        kinds.append(growing.kind)
+    assert kinds == ["flat", "hnsw", "hnsw", "hnsw", "hnsw", "ivf", "ivf", "ivf"]
+    assert np.array_equal(growing.ids(), np.sort(ids)) and np.array_equal(growing.vectors(ids), vecs)
+    growing.remove(ids[:200])  # shrinking never converts back (compaction keeps the kind)
+    assert growing.kind == "ivf" and np.array_equal(growing.ids(), np.sort(ids[200:]))
+    skip_hnsw = config("auto", hnsw_threshold=100, ivf_threshold=100)
+    assert VectorIndex.build(ids[:150], vecs[:150], skip_hnsw).kind == "ivf"
+
+
+def test_ivf_scans_more_cells_under_a_selective_filter(monkeypatch):
+    rng = np.random.default_rng(23)
+    centres = unit(rng, 40)
+    x = centres[rng.integers(40, size=4000)] + 0.15 * rng.standard_normal((4000, DIM)).astype(np.float32)
+    vecs, ids = x / np.linalg.norm(x, axis=1, keepdims=True), np.arange(4000, dtype=np.int64)
+    index = VectorIndex.build(ids, vecs, config("ivf", ivf_nlist=64, ivf_nprobe=2, ivf_filter_probe_max=16))
+    allowed = ids[::25]  # 4% of the index: 2 cells would hold ~5 allowed vectors, fewer than k
+    monkeypatch.setattr(vector_index, "EXACT_MAX_IDS", 0)  # force the FAISS selector path
+    monkeypatch.setattr(VectorIndex, "_exact", lambda *a: pytest.fail("IVF came back short"))
+    queries = vecs[rng.integers(4000, size=20)]
+    _, found = index.search(queries, 10, allowed_ids=allowed)
+    want = brute_force(allowed, vecs[::25], queries, 10)[1]
+    assert np.mean([len(set(a) & set(b)) / 10 for a, b in zip(found, want)]) >= 0.9
+
+
 def test_inputs_are_validated_and_normalised():
     ids, vecs = dataset(4, 20)
     raw = vecs * 3.0
@@ -136,7 +207,7 @@ def test_filtered_search_never_leaks_and_fills_k(kind, ids, data, k, exact_short
     vecs = unit(np.random.default_rng(seed), len(ids), 8)
     removed = data.draw(st.sets(st.sampled_from(ids.tolist()), max_size=len(ids)))
     allowed = data.draw(st.none() | st.sets(st.sampled_from(ids.tolist()) | st.integers(0, 2**40)))
-    index = VectorIndex.build(ids, vecs, config(kind))
+    index = VectorIndex.build(ids, vecs, config(kind, ivf_nprobe=1))  # IVF: one cell, often short -> exact rerun
     index.remove(np.array(sorted(removed), dtype=np.int64))
     live = ~np.isin(ids, list(removed))
     eligible = live if allowed is None else live & np.isin(ids, list(allowed))

@@ -2,9 +2,10 @@
 
 Keying FAISS by chunk id (``IndexIDMap2``) means a search hit needs no lookup table, and
 re-embedding a chunk replaces its vector in place instead of leaving a stale duplicate. Vectors
-are L2-normalised so inner product == cosine similarity. HNSW graphs cannot delete nodes, so an
-HNSW index tombstones removed slots (their id becomes -1 and every search filters them out) and
-rebuilds itself once tombstones pass ``COMPACT_DEAD_FRACTION``. Not thread-safe for writers;
+are L2-normalised so inner product == cosine similarity. The kinds (flat, HNSW, IVF) are made in
+:mod:`kb_pipeline.indexing.index_kinds`. HNSW graphs cannot delete nodes (and IVF's direct map cannot
+either), so the approximate kinds tombstone removed slots (their id becomes -1 and every search filters
+them out) and rebuild themselves once tombstones pass ``COMPACT_DEAD_FRACTION``. Not thread-safe for writers;
 writers in different processes serialise with :func:`kb_pipeline.indexing.locking.index_lock`.
 
 An id alone does not say which vector FAISS holds for it (a reused or re-embedded id keeps the old
@@ -28,17 +29,18 @@ import numpy as np
 
 from kb_pipeline.indexing.errors import IndexWriteError
 from kb_pipeline.indexing.fingerprints import FINGERPRINT, decode, encode, fingerprints
+from kb_pipeline.indexing.index_kinds import KINDS, ivf_outgrown, kind_of, loadable, new_faiss, search_params
 from kb_pipeline.indexing.locking import fsync_path, temp_path
 
 MAX_ID = int(np.iinfo(np.int64).max)  # ids must lie in [0, MAX_ID): -1 means "no result"/tombstone
 EXACT_MAX_IDS = 1_000  # allowed sets this small are brute-forced: ~1 ms at 1k ids, about what a 100k flat scan
 # with a selector costs, and HNSW + a selective filter comes back short and falls back to brute force anyway
-# A search's cached (read-only) allowed set that is at most this share of an HNSW index, and at most
+# A search's cached (read-only) allowed set that is at most this share of an approximate (HNSW/IVF) index, and at most
 # EXACT_CACHED_MAX ids, keeps its vectors beside it and is searched exactly: HNSW with a selective filter loses
 # recall (100k, 3.6% allowed: recall@10 0.77 here), while one matmul over 20k cached vectors takes ~1-2 ms.
 EXACT_SHARE = 0.05
 EXACT_CACHED_MAX = 20_000
-COMPACT_DEAD_FRACTION = 0.25  # HNSW rebuilds once this share of its slots are tombstones
+COMPACT_DEAD_FRACTION = 0.25  # HNSW/IVF rebuild once this share of their slots are tombstones
 FORMAT = 2  # 2: the sidecar carries each vector's fingerprint; 1 (none) still loads
 
 
@@ -47,20 +49,36 @@ from kb_pipeline.errors import IndexCorrupt  # noqa: E402,F401  (the one error t
 
 @dataclass(frozen=True)
 class IndexConfig:
-    kind: str = "auto"  # "flat" | "hnsw" | "auto": flat below hnsw_threshold vectors, HNSW above
-    hnsw_threshold: int = 150_000  # flat stays under 20 ms p95 at 100k here; HNSW takes ~10 min to build at 100k
+    # "flat" | "hnsw" | "ivf" | "auto": flat, then HNSW from hnsw_threshold, then IVF from ivf_threshold. Measured
+    # here (benchmarks/query_path.py --part scale, MiniLM-derived vectors, FAISS time per filtered query, 2 loaded
+    # cores): flat 20 ms at 100k, 150 ms at 1M (exact). IVF (nprobe 32) 1-2 ms at 100k, 4-8 ms at 1M, recall@10
+    # 0.996 / 0.995, built in 8-13 s / 113-172 s. HNSW at 100k: M=32, efC=200 ~10 min to build; M=16, efC=80 38 s but
+    # recall@10 0.87. So by default auto goes flat -> IVF at 50k (flat ~10 ms there, interpolated) and skips HNSW
+    # (hnsw_threshold == ivf_threshold); set hnsw_threshold lower to use HNSW between the two.
+    kind: str = "auto"
+    hnsw_threshold: int = 50_000
+    ivf_threshold: int = 50_000
     hnsw_m: int = 32
     hnsw_ef_construction: int = 200
     hnsw_ef_search: int = 128
+    ivf_nlist: int = 0  # cells; 0: ivf_nlist_factor * sqrt(vectors at training time)
+    ivf_nlist_factor: float = 4.0
+    ivf_min_points: int = 39  # at most one cell per this many training vectors (FAISS's k-means minimum)
+    ivf_nprobe: int = 32  # cells scanned per unfiltered query (1M: recall@10 0.977 at 16, 0.995 at 32, 1.0 at 64)
+    ivf_filter_probe_max: int = 4  # under a filter, nprobe / allowed share cells, at most this many times nprobe
+    ivf_train_points: int = 32  # k-means sample per cell
+    ivf_train_iterations: int = 10
 
     def __post_init__(self) -> None:
-        if self.kind not in ("flat", "hnsw", "auto"):
-            raise ValueError(f"IndexConfig.kind must be 'flat', 'hnsw' or 'auto', not {self.kind!r}")
+        if self.kind not in (*KINDS, "auto"):
+            raise ValueError(f"IndexConfig.kind must be one of {(*KINDS, 'auto')}, not {self.kind!r}")
 
     def kind_for(self, size: int) -> str:
         """The concrete kind for an index of ``size`` vectors."""
         if self.kind != "auto":
             return self.kind
+        if size >= self.ivf_threshold:
+            return "ivf"
         return "hnsw" if size >= self.hnsw_threshold else "flat"
 
 
@@ -149,23 +167,13 @@ def _sorted_unique(ids: np.ndarray) -> np.ndarray:
     return ids[np.concatenate(([True], ids[1:] != ids[:-1]))] if len(ids) else ids
 
 
-def _new_faiss(dim: int, kind: str, config: IndexConfig) -> faiss.IndexIDMap2:
-    if kind == "hnsw":
-        inner = faiss.IndexHNSWFlat(dim, config.hnsw_m, faiss.METRIC_INNER_PRODUCT)
-        inner.hnsw.efConstruction = config.hnsw_ef_construction
-        inner.hnsw.efSearch = config.hnsw_ef_search
-    else:
-        inner = faiss.IndexFlatIP(dim)
-    return faiss.IndexIDMap2(inner)
-
-
 class VectorIndex:
     """IndexIDMap2 over an inner-product index of L2-normalised float32 vectors; FAISS id == chunk id.
 
     The IDMap2 stores the ids (in the saved file too) and does add/remove/reconstruct. Searches go
     to the inner index with an ``IDSelectorBitmap`` over its slots, built from a cached sorted
     id -> slot table rather than hashing the allowed ids into an ``IDSelectorBatch`` on every call
-    (HNSW, 100k, 30% allowed: p95 55 -> 10 ms here); the same bitmap hides HNSW tombstones.
+    (HNSW, 100k, 30% allowed: p95 55 -> 10 ms here); the same bitmap hides HNSW/IVF tombstones.
     """
 
     def __init__(self, index: faiss.IndexIDMap2, config: IndexConfig = IndexConfig()) -> None:
@@ -173,7 +181,7 @@ class VectorIndex:
         self._inner = faiss.downcast_index(index.index)
         self.config = config
         self.dim: int = index.d
-        self.kind: str = "hnsw" if isinstance(self._inner, faiss.IndexHNSW) else "flat"
+        self.kind: str = kind_of(self._inner)
         self._slots: np.ndarray | None = None  # id_map: slot -> id, -1 = tombstone (cached)
         self._table: tuple[np.ndarray, np.ndarray] | None = None  # (sorted live ids, their slots)
         self._fps: np.ndarray | None = None  # fingerprints aligned with ids() (cached, or from the sidecar)
@@ -186,14 +194,15 @@ class VectorIndex:
     def build(cls, ids: np.ndarray, vectors: np.ndarray, config: IndexConfig = IndexConfig()) -> VectorIndex:
         """Index ``vectors`` (n, dim) under ``ids``; rows are normalised here if they are not unit length."""
         dim = np.shape(vectors)[1]
-        index = cls(_new_faiss(dim, config.kind_for(len(ids)), config), config)
-        index.add(ids, vectors)
+        index = cls(new_faiss(dim, config.kind_for(len(ids)), config), config)
+        index.add(ids, vectors)  # an IVF index is trained on these vectors first
         return index
 
     @classmethod
     def empty(cls, dim: int, config: IndexConfig = IndexConfig(), expected_size: int = 0) -> VectorIndex:
-        """An empty index; ``expected_size`` picks the kind when ``config.kind == "auto"``."""
-        return cls(_new_faiss(dim, config.kind_for(expected_size), config), config)
+        """An empty index; ``expected_size`` picks the kind when ``config.kind == "auto"`` (an empty IVF index is
+        trained on its first add)."""
+        return cls(new_faiss(dim, config.kind_for(expected_size), config), config)
 
     def _slot_ids(self) -> np.ndarray:
         if self._slots is None:
@@ -269,10 +278,15 @@ class VectorIndex:
         if len(vecs) != len(ids):
             raise ValueError(f"{len(ids)} ids but {len(vecs)} vectors")
         self.remove(ids)
-        self._index.add_with_ids(vecs, ids)
+        if not self._index.is_trained:  # an empty IVF index: cells from this first batch
+            self._replace(new_faiss(self.dim, self.kind, self.config, train=vecs))
+        self._index.add_with_ids(vecs, ids)  # IVF: each vector goes to its nearest trained cell
         self._changed()
-        if self.kind == "flat" and self.config.kind_for(len(self)) == "hnsw":
-            self._rebuild("hnsw")  # "auto" outgrew flat: a one-off conversion
+        grown = self.config.kind_for(len(self))
+        if KINDS.index(grown) > KINDS.index(self.kind):
+            self._rebuild(grown)  # "auto" outgrew its kind: a one-off conversion
+        elif self.kind == "ivf" and ivf_outgrown(self._inner, len(self), self.config):
+            self._rebuild("ivf")  # cells trained for far fewer vectors: retrain
 
     def remove(self, ids: np.ndarray) -> int:
         """Remove ``ids`` (absent ones are ignored); returns how many were present."""
@@ -287,27 +301,33 @@ class VectorIndex:
             faiss.copy_array_to_vector(id_map, self._index.id_map)
             self._index.construct_rev_map()
         self._changed()
-        if self.kind == "hnsw" and self._dead() > COMPACT_DEAD_FRACTION * self._index.ntotal:
-            self._rebuild("hnsw")
+        if self.kind != "flat" and self._dead() > COMPACT_DEAD_FRACTION * self._index.ntotal:
+            self._rebuild(self.kind)
         return len(present)
 
     def _dead(self) -> int:
         return self._index.ntotal - len(self)
 
     def _rebuild(self, kind: str) -> None:
-        """Re-create the FAISS index from the live vectors (drops tombstones, or changes kind)."""
+        """Re-create the FAISS index from the live vectors (drops tombstones, changes kind, retrains IVF cells)."""
         ids, slots = self._lookup()
-        index = _new_faiss(self.dim, kind, self.config)
-        index.add_with_ids(self._inner.reconstruct_batch(slots), ids)
-        self._index, self._inner, self.kind = index, faiss.downcast_index(index.index), kind
+        vecs = self._inner.reconstruct_batch(slots)
+        index = new_faiss(self.dim, kind, self.config, train=vecs if len(vecs) else None)
+        if len(ids):
+            index.add_with_ids(vecs, ids)
+        self._replace(index)
+
+    def _replace(self, index: faiss.IndexIDMap2) -> None:
+        self._index, self._inner = index, faiss.downcast_index(index.index)
+        self.kind = kind_of(self._inner)
         self._changed()
 
     def search(self, queries: np.ndarray, k: int, allowed_ids: np.ndarray | None = None) -> tuple[np.ndarray, ...]:
         """Top-``k`` cosine scores and ids per query row; missing slots are score -inf, id -1.
 
         ``allowed_ids`` restricts the search *before* ranking, so k results come back whenever k
-        allowed ids are indexed and a forbidden id never appears. HNSW is approximate: when it
-        returns fewer results than are available (selective filters), those rows are recomputed
+        allowed ids are indexed and a forbidden id never appears. HNSW and IVF are approximate: when
+        they return fewer results than are available (selective filters), those rows are recomputed
         exactly over the allowed vectors.
         """
         if k < 1:
@@ -341,7 +361,7 @@ class VectorIndex:
         selection = (ids, slots, None if everything else self._bitmap(slots), None)
         if isinstance(allowed_ids, np.ndarray) and not allowed_ids.flags.writeable:
             small = 0 < len(ids) <= min(EXACT_CACHED_MAX, EXACT_SHARE * self._index.ntotal)
-            if self.kind == "hnsw" and small:
+            if self.kind != "flat" and small:
                 selection = (*selection[:3], self._inner.reconstruct_batch(slots))
             self._selections[key] = (allowed_ids, selection)  # holding the array keeps its id from being reused
             while len(self._selections) > 16:
@@ -355,9 +375,8 @@ class VectorIndex:
 
     def _search(self, q: np.ndarray, k: int, ids: np.ndarray, slots: np.ndarray, selector) -> tuple:
         """FAISS search over ``slots`` (all of them when ``selector`` is None), exact rerun for short rows."""
-        params = faiss.SearchParameters()
-        if self.kind == "hnsw":
-            params = faiss.SearchParametersHNSW(efSearch=max(self.config.hnsw_ef_search, k))
+        share = len(ids) / max(self._index.ntotal, 1) if selector is not None else 1.0
+        params = search_params(self.kind, self._inner, self.config, k, share)
         if selector is not None:
             params.sel = selector
         scores, found = self._inner.search(q, k, params=params)
@@ -378,12 +397,11 @@ class VectorIndex:
         labels = np.full((len(q), k), -1, dtype=np.int64)
         if not len(ids):
             return scores, labels
-        sims = q @ (self._inner.reconstruct_batch(slots) if vectors is None else vectors).T
+        base = self._inner.reconstruct_batch(slots) if vectors is None else vectors
         top = min(k, len(ids))
-        best = np.argpartition(-sims, top - 1, axis=1)[:, :top]
-        order = np.take_along_axis(-sims, best, axis=1).argsort(axis=1, kind="stable")
-        best = np.take_along_axis(best, order, axis=1)
-        scores[:, :top] = np.take_along_axis(sims, best, axis=1)
+        # FAISS's kernels (one OpenMP thread per query, capped by the caller), not numpy's matmul: numpy's OpenBLAS
+        # runs its own threads, which fought the query encoder's for the 2 cores (100k, tag filter: 7-11 ms here)
+        scores[:, :top], best = faiss.knn(q, base, top, metric=faiss.METRIC_INNER_PRODUCT)
         labels[:, :top] = ids[best]
         return scores, labels
 
@@ -465,9 +483,8 @@ class VectorIndex:
         except RuntimeError as exc:
             raise IndexCorrupt(f"{path}: FAISS cannot read the index ({exc})") from exc
         inner = faiss.downcast_index(raw.index) if isinstance(raw, faiss.IndexIDMap2) else raw
-        inner_ok = isinstance(inner, faiss.IndexFlat | faiss.IndexHNSWFlat)
-        if not inner_ok or inner.metric_type != faiss.METRIC_INNER_PRODUCT:
-            raise IndexCorrupt(f"{path}: not an IndexIDMap2 over an inner-product flat/HNSW index")
+        if not loadable(inner) or inner.metric_type != faiss.METRIC_INNER_PRODUCT:
+            raise IndexCorrupt(f"{path}: not an IndexIDMap2 over an inner-product flat/HNSW/IVF index")
         index = cls(raw, config)
         if (index.dim, len(index), index.kind) != tuple(expected[1:4]):
             raise IndexCorrupt(f"{path}: contents (dim, count, kind) disagree with {sidecar_path.name}")
