@@ -62,10 +62,6 @@ def allowed_set(session: Session, filters: Filters) -> Allowed:
     return Allowed.of(pairs[:, 0], pairs[:, 1])
 
 
-def allowed_chunk_ids(session: Session, filters: Filters) -> np.ndarray:
-    return allowed_set(session, filters).chunk_ids
-
-
 def filter_key(filters: Filters) -> tuple:
     """What the allowed set depends on, normalised: group order and letter case do not matter."""
     groups = None if filters.groups is None else tuple(sorted(set(filters.groups)))

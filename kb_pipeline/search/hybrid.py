@@ -21,7 +21,6 @@ from sqlalchemy.orm import Session
 from kb_pipeline.search.allowed import Allowed, AllowedSets
 from kb_pipeline.search.filters import (  # noqa: F401  (Filters & co. are imported from here by callers)
     Filters,
-    allowed_chunk_ids,
     allowed_condition,
     allowed_set,
     filter_key,
