@@ -126,7 +126,7 @@ def test_near_is_relative_to_a_low_threshold_and_capped_per_document():
 
 FILLER = "the team report plan page link week guide notes search policy meeting owner item".split()
 TOPICS = {"finance": "payroll revenue expenses euros approval costs".split(),
-          "it": "password backup laptop incident storage account".split()}
+          "it": "password backup laptops incident storage account".split()}
 
 
 def _long_doc(rng: random.Random, category: str) -> ClassifyExample:
@@ -138,10 +138,11 @@ def _long_doc(rng: random.Random, category: str) -> ClassifyExample:
 
 def test_the_classifier_reads_the_last_chunk_of_a_long_document():
     rng = random.Random(0)
-    data = [_long_doc(rng, "finance" if i % 2 else "it") for i in range(32)]
+    data = [_long_doc(rng, "finance" if i % 2 else "it") for i in range(64)]
     adapters = AdapterSet(tiny_backbone("bert"))
     cfg = TrainConfig(epochs=10, batch_size=8, lr=2e-2, patience=20, seed=0, max_length=64)
-    result = train_classify(adapters, data[:24], data[24:], AdapterConfig(kind="lora", rank=4, alpha=8), cfg)
+    # 48 training documents: with 24 the result swung between 8 and 15 of 16 with the training seed
+    result = train_classify(adapters, data[:48], data[48:], AdapterConfig(kind="lora", rank=4, alpha=8), cfg)
     classifier = Classifier.from_result(result)
     classifier.config.lexical_weight = 0.0  # judge the neural heads alone
     test = [_long_doc(rng, c) for c in ("finance", "it") * 8]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import string
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -37,17 +38,31 @@ def single_threaded() -> Iterator[None]:
         torch.set_num_threads(threads)
 
 
+BERT_SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+
+
+def _bert_vocab(normalizer, pre_tokenizer) -> dict[str, int]:
+    """A fixed WordPiece vocabulary: specials, every character (alone and as a ## continuation), every corpus word.
+
+    Not trained: the WordPiece trainer breaks frequency ties differently in each process (even the vocabulary size
+    varied), so a word's id, and with it every test that trains on the tiny BERT, changed from run to run.
+    """
+    words = {w for text in CORPUS for w, _ in pre_tokenizer.pre_tokenize_str(normalizer.normalize_str(text))}
+    chars = {c for w in words for c in w} | set(string.ascii_lowercase + string.digits + string.punctuation)
+    tokens = BERT_SPECIALS + sorted(chars) + sorted("##" + c for c in chars) + sorted(words - chars)
+    return {t: i for i, t in enumerate(tokens)}
+
+
 def _bert_tokenizer() -> PreTrainedTokenizerFast:
-    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
-    tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
-    tok.normalizer = normalizers.BertNormalizer(lowercase=True)
-    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    trainer = trainers.WordPieceTrainer(vocab_size=VOCAB_SIZE, special_tokens=specials, show_progress=False)
-    tok.train_from_iterator(CORPUS, trainer)
+    normalizer = normalizers.BertNormalizer(lowercase=True)
+    pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    vocab = _bert_vocab(normalizer, pre_tokenizer)
+    tok = Tokenizer(models.WordPiece(vocab, unk_token="[UNK]"))
+    tok.normalizer, tok.pre_tokenizer = normalizer, pre_tokenizer
     tok.post_processor = processors.TemplateProcessing(
         single="[CLS] $A [SEP]",
         pair="[CLS] $A [SEP] $B [SEP]",
-        special_tokens=[("[CLS]", tok.token_to_id("[CLS]")), ("[SEP]", tok.token_to_id("[SEP]"))],
+        special_tokens=[("[CLS]", vocab["[CLS]"]), ("[SEP]", vocab["[SEP]"])],
     )
     tok.decoder = decoders.WordPiece()
     return PreTrainedTokenizerFast(
