@@ -138,7 +138,7 @@ def test_real_minilm_classify_beats_the_majority_baseline_on_the_sample_corpus(k
     settings = Settings.from_env().with_(adapter_layers=2)
     upgrade(settings.database_url)
     ingest(settings, [Path(__file__).parent.parent / "sample_corpus"])
-    cfg = TrainConfig(epochs=6, batch_size=16, max_length=96, lr=3e-3, seed=0)
+    cfg = TrainConfig(epochs=3, batch_size=16, max_length=96, lr=3e-3, seed=0)
     [outcome] = train_tasks(settings, ["classify"], train_config=cfg)
     assert outcome.trained and outcome.status == "active"
     assert outcome.adapter_share < 0.02

@@ -56,19 +56,25 @@ def users_add(
         out.print(f"{clean(name)}: {clean(', '.join(groups_now)) or '(no groups)'}", markup=False)
 
 
+def _for_user(action, name: str):
+    """`action(session, name)` in one transaction; an unknown user is a one-line error, not a traceback."""
+    from kb_pipeline.store.db import session_factory
+    from kb_pipeline.store.tokens import UnknownUser
+
+    try:
+        with session_factory(ready_settings()).begin() as session:
+            return action(session, name)
+    except UnknownUser as exc:
+        raise UserError(str(exc)) from None
+
+
 @users_app.command("token")
 @command
 def users_token(name: str = typer.Argument(...), json_out: bool = JsonOpt) -> None:
     """Issue an API token for a user (for `Authorization: Bearer` and the web sign-in); it is shown only now."""
-    from kb_pipeline.store.db import session_factory
-    from kb_pipeline.store.tokens import UnknownUser, issue_token
+    from kb_pipeline.store.tokens import issue_token
 
-    s = ready_settings()
-    try:
-        with session_factory(s).begin() as session:
-            token = issue_token(session, name)
-    except UnknownUser as exc:
-        raise UserError(str(exc)) from None
+    token = _for_user(issue_token, name)
     if json_out:
         emit_json({"name": name, "token": token})
     else:
@@ -80,15 +86,9 @@ def users_token(name: str = typer.Argument(...), json_out: bool = JsonOpt) -> No
 @command
 def users_revoke(name: str = typer.Argument(...), json_out: bool = JsonOpt) -> None:
     """Revoke every API token of a user (their web sessions end too)."""
-    from kb_pipeline.store.db import session_factory
-    from kb_pipeline.store.tokens import UnknownUser, revoke_tokens
+    from kb_pipeline.store.tokens import revoke_tokens
 
-    s = ready_settings()
-    try:
-        with session_factory(s).begin() as session:
-            revoked = revoke_tokens(session, name)
-    except UnknownUser as exc:
-        raise UserError(str(exc)) from None
+    revoked = _for_user(revoke_tokens, name)
     if json_out:
         emit_json({"name": name, "revoked": revoked})
     else:
