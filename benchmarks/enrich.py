@@ -50,10 +50,8 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # `python benchmarks/enrich.py` puts benchmarks/, not the repo root, on the path
     sys.path.insert(0, str(ROOT))
 
+import benchmarks  # noqa: E402,F401  (offline: sets HF_HUB_OFFLINE and friends before HF imports)
 from benchmarks.report import versions as report_versions  # noqa: E402
-
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 TARGET_SHARED = 0.6
 TARGET_RAW = 0.8

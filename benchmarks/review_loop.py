@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import random
 import shutil
 import sys
@@ -47,11 +46,8 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # `python benchmarks/review_loop.py` puts benchmarks/, not the repo root, on the path
     sys.path.insert(0, str(ROOT))
 
+import benchmarks  # noqa: E402,F401  (offline: sets HF_HUB_OFFLINE and friends before HF imports)
 from benchmarks.bbc_data import LABELS, load_bbc, stratified_sample  # noqa: E402
-
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
 STRATEGIES = ("uncertainty", "random")
 REVIEWER = "benchmark-oracle"

