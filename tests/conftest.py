@@ -16,6 +16,14 @@ POSTGRES_ADMIN_URL = os.environ.get("KB_TEST_POSTGRES_URL", "postgresql+psycopg:
 REQUIRE_POSTGRES = os.environ.get("KB_REQUIRE_POSTGRES") == "1"
 
 
+@pytest.fixture(scope="session")
+def tiny_backbone_dir(tmp_path_factory) -> Path:
+    """The tiny random BERT saved once per session as a model folder (tests point KB_BACKBONE at it)."""
+    from tiny_models import save_tiny_bert
+
+    return save_tiny_bert(tmp_path_factory.mktemp("models") / "tiny-bert")
+
+
 @pytest.fixture
 def kb_home(tmp_path, monkeypatch) -> Path:
     """A fresh KB_HOME (SQLite) for one test; nothing leaks between tests."""

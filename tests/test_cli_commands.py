@@ -30,17 +30,6 @@ PAYROLL = (  # readable by group g1 only
 DOCUMENTS = 2 * PER_TOPIC + 1
 
 
-@pytest.fixture(scope="module")
-def tiny_backbone_dir(tmp_path_factory) -> Path:
-    from tiny_models import tiny_bert_backbone
-
-    folder = tmp_path_factory.mktemp("models") / "tiny-bert"
-    backbone = tiny_bert_backbone()
-    backbone.model.save_pretrained(folder)
-    backbone.tokenizer.save_pretrained(folder)
-    return folder
-
-
 @pytest.fixture(autouse=True)
 def _one_thread():
     with single_threaded():

@@ -18,7 +18,7 @@ from kb_pipeline.config import Settings
 from kb_pipeline.search.access import OPERATOR, reader_for
 from kb_pipeline.search.export import export_rows
 from kb_pipeline.store.db import session_factory
-from tiny_models import single_threaded, tiny_bert_backbone
+from tiny_models import single_threaded
 
 runner = CliRunner()
 
@@ -56,15 +56,6 @@ def kb(*args: str) -> dict | list | None:
 def _one_thread():
     with single_threaded():
         yield
-
-
-@pytest.fixture(scope="module")
-def tiny_backbone_dir(tmp_path_factory) -> Path:
-    folder = tmp_path_factory.mktemp("models") / "tiny-bert"
-    backbone = tiny_bert_backbone()
-    backbone.model.save_pretrained(folder)
-    backbone.tokenizer.save_pretrained(folder)
-    return folder
 
 
 @pytest.fixture

@@ -44,18 +44,6 @@ def harness(flows_root):
             os.environ[key] = value
 
 
-@pytest.fixture(scope="module")
-def tiny_backbone_dir(flows_root) -> Path:
-    """A tiny random BERT saved as a model folder, so KB_BACKBONE can name it like any local model."""
-    from tiny_models import tiny_bert_backbone
-
-    folder = flows_root / "tiny-bert"
-    backbone = tiny_bert_backbone()
-    backbone.model.save_pretrained(folder)
-    backbone.tokenizer.save_pretrained(folder)
-    return folder
-
-
 def write_corpus(root: Path, n: int = 16) -> Path:
     root.mkdir(parents=True, exist_ok=True)
     for i in range(n):

@@ -20,7 +20,6 @@ from kb_pipeline.store.db import session_factory
 from kb_pipeline.store.queries import gold_categories
 from kb_pipeline.store.schema import Document
 from kb_pipeline.training import datasets
-from tiny_models import tiny_bert_backbone
 
 runner = CliRunner()
 
@@ -29,15 +28,6 @@ def kb(*args: str, code: int = 0):
     result = runner.invoke(app, list(args))
     assert result.exit_code == code, result.output
     return json.loads(result.stdout) if "--json" in args and code == 0 else result
-
-
-@pytest.fixture(scope="module")
-def tiny_backbone_dir(tmp_path_factory) -> Path:
-    folder = tmp_path_factory.mktemp("models") / "tiny-bert"
-    backbone = tiny_bert_backbone()
-    backbone.model.save_pretrained(folder)
-    backbone.tokenizer.save_pretrained(folder)
-    return folder
 
 
 @pytest.fixture

@@ -116,11 +116,9 @@ def served(tmp_path, kb_home):
         )
     try:
         # the backbone is needed once a run starts, not before: save it while the server comes up
-        from tiny_models import tiny_bert_backbone
+        from tiny_models import save_tiny_bert
 
-        backbone = tiny_bert_backbone()
-        backbone.model.save_pretrained(tmp_path / "tiny-bert")
-        backbone.tokenizer.save_pretrained(tmp_path / "tiny-bert")
+        save_tiny_bert(tmp_path / "tiny-bert")
         printed = _wait("'Serving:' line", lambda: re.search(r"Runs and artifacts: (\S+) ", log.read_text()),
                         240, process, log)
         yield {"ui": printed.group(1), "port": port, "log": log, "process": process, "home": kb_home}

@@ -5,6 +5,7 @@ from __future__ import annotations
 import string
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 import torch
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
@@ -107,6 +108,15 @@ def tiny_bert_backbone(seed: int = 0, num_layers: int = 4) -> Backbone:
         torch.manual_seed(seed)
         model = BertModel(tiny_bert_config(num_layers))
     return backbone_from_model(model, _bert_tokenizer(), name="tiny-bert")
+
+
+def save_tiny_bert(folder: Path) -> Path:
+    """The tiny BERT written as a model folder, so KB_BACKBONE can name it like any local model (even in a subprocess)."""
+    if not (folder / "config.json").exists():
+        backbone = tiny_bert_backbone()
+        backbone.model.save_pretrained(folder)
+        backbone.tokenizer.save_pretrained(folder)
+    return folder
 
 
 def tiny_llama_backbone(seed: int = 0, num_layers: int = 4) -> Backbone:

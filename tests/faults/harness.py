@@ -35,13 +35,9 @@ TRAIN_COMMAND = ("train", "classify", "--epochs", "1")
 def save_tiny_backbone(folder: Path) -> Path:
     """A tiny random BERT as a model folder, so KB_BACKBONE can name it in a subprocess."""
     sys.path.insert(0, str(REPO / "tests"))
-    from tiny_models import tiny_bert_backbone
+    from tiny_models import save_tiny_bert
 
-    if not (folder / "config.json").exists():
-        backbone = tiny_bert_backbone()
-        backbone.model.save_pretrained(folder)
-        backbone.tokenizer.save_pretrained(folder)
-    return folder
+    return save_tiny_bert(folder)
 
 
 def write_corpus(root: Path, version: int, n: int = 40) -> Path:
