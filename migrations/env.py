@@ -15,7 +15,8 @@ def _url() -> str:
     return config.get_main_option("sqlalchemy.url") or Settings.from_env().database_url
 
 
-KEYWORD_INDEX_OBJECTS = ("chunks_fts", "ix_chunks_fts")  # created by hand in 0003, not ORM models
+# created by hand (0003, 0008), not ORM models: SQLite's FTS5 table, Postgres's GIN index and stored tsvector
+KEYWORD_INDEX_OBJECTS = ("chunks_fts", "ix_chunks_fts", "text_tsv")
 
 
 def include_name(name, type_, parent_names) -> bool:

@@ -120,3 +120,46 @@ def _path(session, doc_id: int) -> str:
     from kb_pipeline.store.schema import Document
 
     return session.get(Document, doc_id).path
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("backend", ["postgres"], indirect=True)
+def test_postgres_ranks_from_the_stored_tsvector_across_edits_and_a_migration_down_and_up(settings, tmp_path):
+    """Migration 0008: Postgres ranks from chunks.text_tsv (no text re-parsed per matching row); the column follows
+    edits of a chunk's text, and going down to 0007 and back up keeps keyword search working."""
+    from alembic import command
+    from sqlalchemy import event, inspect, text
+
+    from kb_pipeline.store.db import alembic_config, get_engine
+
+    root = write_corpus(tmp_path / "docs")
+    ingest(settings, [root])
+
+    def hits(query: str) -> list[int]:
+        with session_factory(settings)() as session:
+            return [c for c, _, _ in keyword_hits(session, query, Filters(groups=("finance",)), 50)]
+
+    engine = get_engine(settings.database_url)
+    statements: list[str] = []
+    listener = lambda conn, cursor, statement, *rest: statements.append(statement)  # noqa: E731
+    event.listen(engine, "before_cursor_execute", listener)
+    before = hits("espresso machine")
+    event.remove(engine, "before_cursor_execute", listener)
+    assert before and len(before) == len(hits("espresso"))  # every espresso note, and "machine" adds no other
+    assert any("text_tsv" in s for s in statements) and not any("to_tsvector" in s for s in statements)
+    with engine.begin() as conn:
+        plan = "\n".join(r[0] for r in conn.execute(text(
+            "EXPLAIN VERBOSE SELECT id, ts_rank_cd(text_tsv, q) FROM chunks, to_tsquery('english', 'espresso') q "
+            "WHERE text_tsv @@ q ORDER BY 2 DESC LIMIT 5")))
+        assert "to_tsvector" not in plan  # stored: nothing parsed at query time
+        conn.execute(text("UPDATE chunks SET text = 'zeppelin hangar' WHERE id = :c"), {"c": before[0]})
+    assert hits("zeppelin") == [before[0]] and before[0] not in hits("espresso")
+
+    config = alembic_config(settings.database_url)
+    with engine.begin() as conn:
+        config.attributes["connection"] = conn
+        command.downgrade(config, "0007")
+    with engine.connect() as conn:
+        assert "text_tsv" not in {c["name"] for c in inspect(conn).get_columns("chunks")}
+    upgrade(settings.database_url)
+    assert hits("zeppelin") == [before[0]] and hits("espresso") == before[1:]
