@@ -23,8 +23,6 @@ class Filters:
     groups: tuple[str, ...] | None = None  # None: anonymous, sees only documents without an ACL
 
 
-
-
 def allowed_condition(filters: Filters):
     """SQL condition on Document for everything a search may return."""
     conditions = [Document.status == "active", users.readable_filter(filters.groups)]
@@ -54,10 +52,18 @@ def allowed_condition(filters: Filters):
 
 
 def allowed_set(session: Session, filters: Filters) -> Allowed:
-    """Every chunk `filters` allow, with its document (one SQL query, linear in the KB: cached by Searcher)."""
+    """Every chunk `filters` allow, with its document (one SQL query, linear in the KB: cached by Searcher).
+
+    The rows are read straight off the DBAPI cursor as plain tuples of ints: building SQLAlchemy Row objects
+    tripled the time at 100k chunks (112 against 33 ms). Allowed.of sorts them, so the SQL does not.
+    """
     query = select(Chunk.id, Chunk.document_id).join(Document, Document.id == Chunk.document_id)
-    rows = session.execute(query.where(allowed_condition(filters)).order_by(Chunk.id)).all()
-    # fromiter over the flattened rows: np.array(rows) walks each Row object (100k rows: 2 s against 11 ms)
+    result = session.connection().execute(query.where(allowed_condition(filters)))
+    try:
+        rows = result.cursor.fetchall()
+    finally:
+        result.close()
+    # fromiter over the flattened rows: np.array(rows) walks each row object (100k rows: 2 s against 11 ms)
     pairs = np.fromiter(itertools.chain.from_iterable(rows), dtype=np.int64, count=2 * len(rows)).reshape(-1, 2)
     return Allowed.of(pairs[:, 0], pairs[:, 1])
 
