@@ -57,8 +57,8 @@ def _storage_integrity(session, settings: Settings) -> list[str]:
         "SELECT c.relname FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid "
         "WHERE NOT i.indisvalid OR NOT i.indisready")).scalars().all()
     problems = [f"invalid Postgres indexes: {bad}"] if bad else []
-    if not session.execute(text("SELECT 1 FROM pg_indexes WHERE indexname = 'ix_chunks_fts'")).first():
-        problems.append("the full-text index ix_chunks_fts is missing")
+    if not session.execute(text("SELECT 1 FROM pg_indexes WHERE indexname = 'ix_chunks_fts_tsv'")).first():
+        problems.append("the full-text index ix_chunks_fts_tsv (migration 0008) is missing")
     return problems
 
 
