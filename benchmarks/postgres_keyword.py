@@ -97,6 +97,7 @@ def main() -> None:
 
     import sqlalchemy as sa
 
+    from kb_pipeline.config import Settings
     from kb_pipeline.search.filters import Filters
     from kb_pipeline.search.keyword import keyword_hits, query_terms
     from kb_pipeline.store.db import dispose_engines, session_factory, upgrade
@@ -119,7 +120,7 @@ def main() -> None:
         users = {"anonymous": Filters(), "one group": Filters(groups=("g1",))}
         times = {(u, f): [] for u in users for f in forms}
         differ = 0
-        with session_factory_for(url, session_factory)() as session:
+        with session_factory(Settings.from_env().with_(database_url=url))() as session:
             for query in queries:
                 for user, filters in users.items():
                     got = {}
@@ -152,13 +153,6 @@ def main() -> None:
     for user, r in rows.items():
         print(f"{user:<10} {r['stored']['p50_ms']:8.1f} /{r['stored']['p95_ms']:7.1f} {r['parsed']['p50_ms']:8.1f} /"
               f"{r['parsed']['p95_ms']:7.1f} {r['p50 ratio stored/parsed']:9.3f}x {r['p95 ratio stored/parsed']:9.3f}x")
-
-
-def session_factory_for(url: str, session_factory):
-    """kb's session factory for a URL (Settings wants a KB home; the factory only needs the database)."""
-    from kb_pipeline.config import Settings
-
-    return session_factory(Settings.from_env().with_(database_url=url))
 
 
 if __name__ == "__main__":
