@@ -6,8 +6,8 @@ every matching row: at 100k chunks BBC headlines took 534 ms p50 / 1,039 ms p95.
 holds it once, computed at insert (as the expression index was), and the GIN index moves onto the column:
 94 ms / 232 ms on the same data (benchmarks/postgres_keyword.py). SQLite's FTS5 table is unchanged.
 
-On an existing KB, adding the column rewrites `chunks` once under an exclusive lock (28 s for 100k chunks on
-a 2-core machine), so anything touching the table waits for the upgrade.
+On an existing KB, adding the column rewrites `chunks` once under an exclusive lock (24 s for 100k chunks on
+a 2-core machine, benchmarks/postgres_keyword.py), so anything touching the table waits for the upgrade.
 
 Revision ID: 0008
 Revises: 0007
